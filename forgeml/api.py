@@ -1,0 +1,355 @@
+"""`forgeml.train(config)`: data -> preprocessing -> model -> fit -> evaluation -> run directory.
+
+The CLI and the Keras-like `Model` both call into this module; there is no second pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from forgeml.artifact import RunDir, read_manifest, versions
+from forgeml.config import Config, DataConfig, load_config
+from forgeml.data.image import augment as augment_images
+from forgeml.data.loader import TensorData
+from forgeml.data.preprocess import Preprocessor
+from forgeml.data.sources import read_table
+from forgeml.data.split import infer_target_kind, split_table
+from forgeml.data.table import Table
+from forgeml.errors import DataError
+from forgeml.evaluate.report import plot_confusion, plot_history, write_card
+from forgeml.models.registry import build_model, count_parameters
+from forgeml.training.loop import FitResult, evaluate, fit
+from forgeml.training.optim import build_loss
+from forgeml.training.progress import summary_table
+from forgeml.training.runtime import pick_device, seed_everything
+
+
+@dataclass
+class Prepared:
+    """Everything `fit` needs, built from a config; `forgeml validate` stops here."""
+
+    config: Config
+    tables: dict[str, Table]  # "train", and "val"/"test" when present
+    preprocessor: Preprocessor
+    data: dict[str, TensorData]
+
+
+@dataclass
+class Run:
+    """A finished training run and its directory."""
+
+    dir: Path
+    config: Config
+    metrics: dict[str, dict[str, Any]]
+    stop_reason: str
+    history: list[dict[str, Any]]
+
+    def load(self):
+        """The `Predictor` for this run (same as `forgeml.load(run.dir)`)."""
+        from forgeml.predict import Predictor
+
+        return Predictor(self.dir)
+
+
+def load_splits(cfg: DataConfig, seed: int) -> dict[str, Table]:
+    """Read the sources and split them: ratios of one source, or separate files per split."""
+    table = read_table(cfg.source, delimiter=cfg.delimiter)
+    kind = infer_target_kind(table, cfg)
+    ratios = cfg.split
+    val_ratio = 0.0 if cfg.val_source else ratios.val
+    test_ratio = 0.0 if cfg.test_source else ratios.test
+    stratify = None
+    if kind == "category" and ratios.stratify and (val_ratio or test_ratio):
+        stratify = np.array([str(v) for v in table.columns[cfg.target]], dtype=object)
+    train, val, test = split_table(
+        table,
+        train=1.0 - val_ratio - test_ratio,
+        val=val_ratio,
+        test=test_ratio,
+        seed=ratios.seed if ratios.seed is not None else seed,
+        stratify_by=stratify,
+        target=cfg.target,
+    )
+    tables = {"train": train}
+    if cfg.val_source:
+        val = read_table(cfg.val_source, delimiter=cfg.delimiter)
+    if cfg.test_source:
+        test = read_table(cfg.test_source, delimiter=cfg.delimiter)
+    if val is not None:
+        tables["val"] = val
+    if test is not None:
+        tables["test"] = test
+    return tables
+
+
+def prepare(config: Config, *, log: Callable[[str], None] = print) -> Prepared:
+    """Read, split and preprocess the data of `config`, and check the model can be built."""
+    tables = load_splits(config.data, config.seed)
+    preprocessor = Preprocessor.fit(tables["train"], config.data, log=log)
+    data = {}
+    for split, table in tables.items():
+        inputs, target = preprocessor.transform(table)
+        data[split] = TensorData(inputs, target)
+    return Prepared(config, tables, preprocessor, data)
+
+
+def train(
+    config: str | Path | dict[str, Any] | Config,
+    overrides: Sequence[str] | None = None,
+    *,
+    module: nn.Module | None = None,
+    console: Console | None = None,
+    quiet: bool = False,
+    callbacks: Sequence[Any] = (),
+) -> Run:
+    """Train a model from a config and write its run directory.
+
+    Args:
+        config: path to a YAML file, a dict, or a `Config`.
+        overrides: `key.sub=value` strings applied on top of the config.
+        module: train this `nn.Module` (wrapped in `UserModule` if it takes one tensor)
+            instead of building `config.model`.
+        console: where progress and summaries go (a rich Console); default stdout.
+        quiet: no progress output.
+        callbacks: objects with any of on_epoch_end / on_eval_end / on_train_end.
+
+    Returns:
+        The finished `Run`.
+
+    Raises:
+        ForgeError: a config or data mistake, with a one-line message.
+    """
+    cfg = load_config(config, list(overrides or []))
+    console = console or Console()
+    log = (lambda _msg: None) if quiet else (lambda msg: console.print(msg, highlight=False))
+    seed_everything(cfg.seed, deterministic=cfg.train.deterministic)
+    prepared = prepare(cfg, log=log)
+    model = build_or_wrap(cfg, prepared.preprocessor, module)
+    return fit_and_save(prepared, model, console=console, log=log, quiet=quiet, callbacks=callbacks)
+
+
+def build_or_wrap(cfg: Config, preprocessor: Preprocessor, module: nn.Module | None) -> nn.Module:
+    from forgeml.models.registry import UserModule
+
+    torch.manual_seed(cfg.seed)  # the same seed always builds the same initial weights
+    if module is None:
+        model = build_model(cfg.model, preprocessor.spec)
+    elif isinstance(module, UserModule):
+        model = module
+    else:
+        model = UserModule(module)
+    return model.to(pick_device())
+
+
+def fit_and_save(
+    prepared: Prepared,
+    model: nn.Module,
+    *,
+    console: Console,
+    log: Callable[[str], None],
+    quiet: bool = False,
+    callbacks: Sequence[Any] = (),
+    custom_model: str | None = None,
+) -> Run:
+    """Run the loop on prepared data, evaluate every split, and write the run directory."""
+    cfg = prepared.config
+    run_dir = RunDir(Path(cfg.output.dir) / (cfg.output.name or "run"))
+    run_dir.prepare(overwrite=cfg.output.overwrite)
+    run_dir.write_text("config.yaml", cfg.to_yaml())
+    prepared.preprocessor.save(run_dir.path / "preprocess")
+    log(
+        f"model {custom_model or cfg.model.name}: {count_parameters(model):,} parameters; "
+        f"task {prepared.preprocessor.target.task}; "
+        + ", ".join(f"{s} {len(d):,} rows" for s, d in prepared.data.items())
+    )
+    result, loss_fn = fit_prepared(
+        prepared,
+        model,
+        console=console,
+        quiet=quiet,
+        callbacks=[_HistoryWriter(run_dir), *callbacks],
+    )
+    log(
+        f"stopped after {result.epochs} epochs ({result.steps} steps): {result.stop_reason}; "
+        f"precision {result.precision}"
+    )
+    metrics = final_metrics(prepared, model, loss_fn, result.precision)
+    save_run(run_dir, prepared, model, result, metrics, custom_model=custom_model)
+    if not quiet:
+        held_out = "test" if "test" in metrics else ("val" if "val" in metrics else "none")
+        console.print(summary_table(metrics, title=f"final metrics (held out: {held_out})"))
+        console.print(f"run directory: {run_dir.path}", highlight=False)
+    return Run(run_dir.path, cfg, metrics, result.stop_reason, result.history)
+
+
+def fit_prepared(
+    prepared: Prepared,
+    model: nn.Module,
+    *,
+    console: Console,
+    quiet: bool = False,
+    callbacks: Sequence[Any] = (),
+) -> tuple[FitResult, Callable]:
+    """The loss from the task and config, then the one training loop."""
+    cfg, pre = prepared.config, prepared.preprocessor
+    task, train_data = pre.target.task, prepared.data["train"]
+    weights = None
+    if cfg.train.loss.class_weights is not None and task != "regression":
+        weights = _class_weights(cfg.train.loss.class_weights, pre, train_data.target)
+        weights = weights.to(next(model.parameters()).device)
+    loss_fn = build_loss(cfg.train.loss, task, weights)
+    result = fit(
+        model,
+        train_data,
+        prepared.data.get("val"),
+        cfg.train,
+        task=task,
+        loss_fn=loss_fn,
+        seed=cfg.seed,
+        class_names=_class_names(pre),
+        augment=_image_augment(cfg) if "image" in train_data.inputs else None,
+        callbacks=callbacks,
+        console=console,
+        quiet=quiet,
+    )
+    return result, loss_fn
+
+
+def final_metrics(
+    prepared: Prepared, model: nn.Module, loss_fn: Callable, precision: str
+) -> dict[str, dict[str, Any]]:
+    """An honest evaluation of the weights we keep, on every split, in eval mode."""
+    cfg, pre = prepared.config, prepared.preprocessor
+    device = next(model.parameters()).device
+    return {
+        split: evaluate(
+            model,
+            data.to(device),
+            task=pre.target.task,
+            loss_fn=loss_fn,
+            class_names=_class_names(pre),
+            batch_size=cfg.train.eval_batch_size or 4 * cfg.train.batch_size,
+            precision=precision,
+        )
+        for split, data in prepared.data.items()
+    }
+
+
+def save_run(
+    run_dir: RunDir,
+    prepared: Prepared,
+    model: nn.Module,
+    result: FitResult,
+    metrics: dict[str, dict[str, Any]],
+    *,
+    custom_model: str | None = None,
+) -> None:
+    """Write weights, metrics, plots and card into a prepared run directory; forgeml.json last."""
+    cfg, pre = prepared.config, prepared.preprocessor
+    task, name = pre.target.task, run_dir.path.name
+    if not (run_dir.path / "config.yaml").exists():
+        run_dir.write_text("config.yaml", cfg.to_yaml())
+        pre.save(run_dir.path / "preprocess")
+    if not (run_dir.path / "history.jsonl").exists():
+        for row in result.history:
+            run_dir.append_history(row)
+    run_dir.write_json(
+        "metrics.json",
+        {
+            **metrics,
+            "stop_reason": result.stop_reason,
+            "epochs": result.epochs,
+            "steps": result.steps,
+            "precision": result.precision,
+            "best": result.best,
+        },
+    )
+    sha = run_dir.save_weights(model)
+    plot_history(result.history, run_dir.path / "training_curves.png")
+    report_split = "test" if "test" in metrics else ("val" if "val" in metrics else "train")
+    if task != "regression":
+        plot_confusion(
+            metrics[report_split]["confusion_matrix"],
+            _class_names(pre) or [],
+            run_dir.path / "confusion_matrix.png",
+        )
+    num_params = count_parameters(model)
+    manifest = {
+        "name": name,
+        "task": task,
+        "model": custom_model or cfg.model.name,
+        "num_params": num_params,
+        "input_schema": pre.input_schema(),
+        "output_schema": pre.output_schema(),
+        "weights_sha256": sha,
+        "config_sha256": cfg.digest(),
+        "stop_reason": result.stop_reason,
+        "precision": result.precision,
+        "data_summary": {s: len(d) for s, d in prepared.data.items()},
+    }
+    write_card(
+        run_dir.path / "card.md",
+        name=name,
+        task=task,
+        config=cfg.to_dict(),
+        input_schema=manifest["input_schema"],
+        output_schema=manifest["output_schema"],
+        metrics=metrics,
+        num_params=num_params,
+        data_summary=manifest["data_summary"],
+        stop_reason=result.stop_reason,
+        precision=result.precision,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        versions=versions(),
+    )
+    run_dir.finish(manifest)  # last: from here on the directory is a usable model
+    read_manifest(run_dir.path)
+
+
+class _HistoryWriter:
+    """Appends each evaluation row to history.jsonl as it happens (survives a crash)."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.run_dir = run_dir
+
+    def on_eval_end(self, row: dict[str, Any]) -> None:
+        self.run_dir.append_history(row)
+
+
+def _class_names(pre: Preprocessor) -> list[str] | None:
+    classes = pre.target.classes
+    return [str(c) for c in classes] if classes is not None else None
+
+
+def _class_weights(spec: Any, pre: Preprocessor, target: torch.Tensor) -> torch.Tensor:
+    if spec == "auto":
+        return pre.class_weights(target)
+    names = _class_names(pre) or []
+    unknown = sorted(set(spec) - set(names))
+    if unknown:
+        raise DataError(
+            f"train.loss.class_weights names classes {unknown} that are not in the target; "
+            f"expected some of: {', '.join(names)}"
+        )
+    return torch.tensor([float(spec.get(n, 1.0)) for n in names], dtype=torch.float32)
+
+
+def _image_augment(cfg: Config):
+    crop, flip = cfg.data.image.crop_padding, cfg.data.image.flip
+    if not crop and not flip:
+        return None
+
+    def augment(inputs: dict[str, torch.Tensor], generator: torch.Generator):
+        images = augment_images(inputs["image"], crop_padding=crop, flip=flip, generator=generator)
+        return {**inputs, "image": images}
+
+    return augment

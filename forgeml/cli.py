@@ -1,0 +1,183 @@
+"""`forgeml` command line: subcommands that only call the Python API.
+
+A user mistake (ForgeError) prints one line and exits 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from forgeml.errors import ForgeError
+
+USAGE_EXAMPLES = """examples:
+  forgeml train configs/digits-cnn.yaml train.max_epochs=5
+  forgeml validate configs/digits-cnn.yaml
+  forgeml evaluate runs/digits-cnn --data new_labelled.csv
+  forgeml predict runs/digits-cnn images/ --output predictions.csv
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forgeml",
+        description="Train, evaluate and use neural networks from a YAML config.",
+        epilog=USAGE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model from a config; writes runs/NAME")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.max_epochs=5")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    p = sub.add_parser("validate", help="check a config and its data without training")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+
+    p = sub.add_parser("evaluate", help="metrics of a saved run on labelled data")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="labelled file; default: the run's own held-out test split")
+    p.add_argument("--output", help="write the metrics as JSON to this file")
+
+    p = sub.add_parser("predict", help="predict with a saved run")
+    p.add_argument("run_dir")
+    p.add_argument("input", help="CSV/TSV/JSONL/Parquet file, an image, or a folder of images")
+    p.add_argument("--output", help="CSV or JSONL file (by extension); default: JSONL on stdout")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ForgeError as exc:
+        if args.debug:
+            raise
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from forgeml.api import train
+
+    train(args.config, args.overrides, quiet=args.quiet)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from forgeml.api import prepare
+    from forgeml.config import load_config
+    from forgeml.models.registry import build_model, count_parameters
+
+    console = Console()
+    cfg = load_config(args.config, args.overrides)
+    prepared = prepare(cfg, log=lambda msg: console.print(msg, highlight=False))
+    model = build_model(cfg.model, prepared.preprocessor.spec)
+    sizes = ", ".join(f"{split} {len(data):,}" for split, data in prepared.data.items())
+    console.print(
+        f"ok: {args.config} is valid; task {prepared.preprocessor.target.task}; rows {sizes}; "
+        f"model {cfg.model.name} with {count_parameters(model):,} parameters",
+        highlight=False,
+    )
+    return 0
+
+
+def evaluate_run(run_dir: str | Path, data: Any = None) -> dict[str, Any]:
+    """Metrics of a saved run on `data`, or on its own held-out split when `data` is None."""
+    from forgeml.api import load_splits
+    from forgeml.predict import Predictor
+
+    predictor = Predictor(run_dir)
+    if data is None:
+        tables = load_splits(predictor.config.data, predictor.config.seed)
+        split = "test" if "test" in tables else ("val" if "val" in tables else "train")
+        data = tables[split]
+    return predictor.evaluate(data)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from forgeml.artifact import write_json
+    from forgeml.training.progress import summary_table
+
+    metrics = evaluate_run(args.run_dir, args.data)
+    split = "test"
+    Console().print(
+        summary_table({split: metrics}, title=f"{args.run_dir} on {args.data or 'its test split'}")
+    )
+    if args.output:
+        write_json(Path(args.output), metrics)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from forgeml.artifact import atomic_write
+    from forgeml.predict import Predictor
+
+    predictor = Predictor(args.run_dir)
+    table = predictor.to_table(args.input)
+    rows = predictor.predict(table)
+    # Keep the image path with each prediction: an image folder has no other row identity.
+    images = [f.name for f in predictor.preprocessor.features if f.type == "image"]
+    if images and images[0] in table.columns and isinstance(table.columns[images[0]][0], str):
+        rows = [
+            {images[0]: path, **row}
+            for path, row in zip(table.columns[images[0]], rows, strict=True)
+        ]
+    if args.output:
+        out = Path(args.output)
+        suffix = out.suffix.lower()
+        if suffix not in (".csv", ".jsonl", ".json", ".ndjson"):
+            raise ForgeError(
+                f"--output {out}: unsupported extension '{suffix}'; use .csv or .jsonl"
+            )
+        text = _to_csv(rows) if suffix == ".csv" else _to_jsonl(rows)
+        atomic_write(out, text)  # a crash never leaves half a predictions file
+        print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(_to_jsonl(rows))
+    return 0
+
+
+def _to_jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, default=str) + "\n" for row in rows)
+
+
+def _to_csv(rows: list[dict]) -> str:
+    """Flatten probabilities into probability_<class> columns."""
+    flat = []
+    for row in rows:
+        item = {k: v for k, v in row.items() if k != "probabilities"}
+        for cls, p in row.get("probabilities", {}).items():
+            item[f"probability_{cls}"] = f"{p:.6f}"
+        flat.append(item)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(flat[0]) if flat else ["prediction"])
+    writer.writeheader()
+    writer.writerows(flat)
+    return buffer.getvalue()
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "validate": cmd_validate,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

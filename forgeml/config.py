@@ -1,0 +1,322 @@
+"""The config tree: YAML in, `a.b=value` overrides, every default filled, unknown keys rejected.
+
+Sections map 1:1 to the constructor arguments of what they build (flat, plain types, strings for
+enums). Models are chosen by name from `forgeml.models.registry`, never by import path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from forgeml.errors import ConfigError
+from forgeml.models.registry import ModelConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ColumnConfig(Strict):
+    """How to read one column. Leave `type` out to have it inferred from the training split."""
+
+    type: Literal["numeric", "category", "image"] | None = None
+    # Missing values are an error unless a fill rule is chosen. mean/median: numeric only.
+    fill: Literal["error", "mean", "median", "constant"] = "error"
+    fill_value: float | str | None = None  # with fill=constant; default 0 / "<missing>"
+
+
+class SplitConfig(Strict):
+    """Ratios of one source into train/val/test; ignored for splits given as separate files."""
+
+    train: float = Field(0.8, gt=0, le=1)
+    val: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.1, ge=0, lt=1)
+    seed: int | None = None  # None: the top-level seed
+    stratify: bool = True  # classification only: keep class proportions in every split
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"split ratios train+val+test must add up to 1, got {total:g}; "
+                "adjust data.split.train/val/test"
+            )
+        return self
+
+
+class ImageConfig(Strict):
+    size: tuple[int, int] | None = None  # (H, W) to resize to; None: the first training image's
+    channels: Literal[1, 3] | None = None  # None: 1 if the first training image is grayscale
+    crop_padding: int = Field(0, ge=0)  # augmentation: pad by N px, then random-crop back
+    flip: bool = False  # augmentation: random horizontal flip
+
+
+class DataConfig(Strict):
+    source: str  # file, folder of images, or builtin:NAME[?k=v&...]
+    val_source: str | None = None  # given: the split ratios no longer apply to validation
+    test_source: str | None = None
+    target: str = "label"
+    columns: dict[str, ColumnConfig] = Field(default_factory=dict)
+    exclude: list[str] = Field(default_factory=list)  # columns that are not features (ids, ...)
+    delimiter: str | None = None  # CSV/TSV: None picks from the extension
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    nesterov: bool = False  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw only
+    eps: float = Field(1e-8, gt=0)
+
+
+class SchedulerConfig(Strict):
+    name: Literal["constant", "step", "cosine", "onecycle"] = "constant"
+    warmup_steps: int = Field(0, ge=0)  # linear warmup from 0; used when > 0
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)  # fraction of all steps; used when warmup_steps=0
+    step_epochs: int = Field(10, ge=1)  # step: multiply the lr by gamma every step_epochs epochs
+    gamma: float = Field(0.1, gt=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine: floor as a fraction of the peak lr
+
+
+class LossConfig(Strict):
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # multiclass only
+    # None, "auto" (inverse class frequency on the train split) or one weight per class name.
+    class_weights: Literal["auto"] | dict[str, float] | None = None
+    regression: Literal["mse", "huber"] = "mse"
+    huber_delta: float = Field(1.0, gt=0)
+
+
+class EarlyStoppingConfig(Strict):
+    monitor: str = "val_loss"  # "val_<metric>" or "train_loss"
+    mode: Literal["auto", "min", "max"] = "auto"  # auto: min for loss/errors, max otherwise
+    patience: int = Field(5, ge=1)  # evaluations without improvement before stopping
+    min_delta: float = Field(0.0, ge=0)
+    restore_best: bool = True
+
+
+class TrainConfig(Strict):
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)  # None: 4 x batch_size
+    max_epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps; stops before max_epochs if hit
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    grad_clip: float | None = Field(None, gt=0)  # max global L2 norm
+    grad_accum_steps: int = Field(1, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    deterministic: bool = False  # torch.use_deterministic_algorithms
+    early_stopping: EarlyStoppingConfig | None = None
+    stop_at_loss: float | None = None  # stop once the epoch's mean train loss is <= this
+    log_every_steps: int = Field(50, ge=1)
+
+
+class OutputConfig(Strict):
+    dir: str = "runs"
+    name: str | None = None  # None: the config file's stem
+    overwrite: bool = False  # replace an existing run directory of the same name
+
+
+class Config(Strict):
+    seed: int = 0
+    data: DataConfig
+    model: ModelConfig = Field(discriminator="name")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self) -> str:
+        """sha256 of the resolved config, for telling runs apart."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | Config, overrides: list[str] | None = None
+) -> Config:
+    """Build a `Config` from a YAML path, a dict or a Config, then apply `a.b=value` overrides.
+
+    Raises:
+        ConfigError: one line naming the file and key at fault, with the closest valid key.
+    """
+    origin = "config"
+    if isinstance(source, Config):
+        raw = source.to_dict()
+    elif isinstance(source, dict):
+        raw = json.loads(json.dumps(source))  # deep copy
+    else:
+        path = Path(source)
+        origin = str(path)
+        raw = _read_yaml(path)
+        raw.setdefault("output", {})
+        if isinstance(raw["output"], dict) and raw["output"].get("name") is None:
+            raw["output"]["name"] = path.stem
+    for item in overrides or []:
+        _apply_override(raw, item)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, origin)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; pass the path to a YAML config")
+    if path.is_dir():
+        raise ConfigError(f"config path {path} is a directory; pass the path to a YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}{where}: {problem}; fix the YAML syntax there") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: expected a YAML mapping of sections (data, model, train, ...), "
+            f"found {type(raw).__name__}"
+        )
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    """`train.optimizer.lr=0.01` -> raw["train"]["optimizer"]["lr"] = 0.01 (value parsed as YAML)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(
+            f"override {item!r} is not of the form key.sub=value; e.g. train.max_epochs=5"
+        )
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text  # not YAML: keep the raw string, the schema decides if it fits
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            prefix = ".".join(parts[: depth + 1])
+            raise ConfigError(
+                f"override {item!r}: {prefix} is a value ({child!r}), not a section; "
+                f"set {prefix}=... instead"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def format_validation_error(exc: ValidationError, origin: str) -> str:
+    """The first pydantic error as one line: file, key, problem, and the closest valid key."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        valid, path = _valid_keys(loc[:-1])
+        key = ".".join(path + [loc[-1]])
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        hint = f"did you mean '{'.'.join(path + close)}'? " if close else ""
+        where = f"'{'.'.join(path)}'" if path else "the top level"
+        return (
+            f"{origin}: unknown config key '{key}'; {hint}valid keys in {where}: {', '.join(valid)}"
+        )
+    _, path = _valid_keys(loc)
+    key = ".".join(path) or "(top level)"
+    if kind == "missing":
+        return f"{origin}: missing required config key '{key}'; add it to the config"
+    if kind == "union_tag_invalid":
+        tags = err.get("ctx", {}).get("expected_tags", "")
+        return f"{origin}: unknown value for '{key}.name': {err['input']!r}; expected one of {tags}"
+    if kind == "union_tag_not_found":
+        return f"{origin}: '{key}' needs a 'name' key; e.g. {key}.name=mlp"
+    given = err.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{origin}: invalid value for '{key}'{shown}: {msg}"
+
+
+def _valid_keys(loc: list[str]) -> tuple[list[str], list[str]]:
+    """Walk the Config classes along a pydantic error location.
+
+    Returns the valid keys at the end of `loc` and the user-facing key path (pydantic puts the
+    union tag, e.g. 'cnn', into the location of a discriminated union; users never write it).
+    """
+    cls: Any = Config
+    path: list[str] = []
+    for part in loc:
+        fields = getattr(cls, "model_fields", None)
+        if fields is None:
+            break
+        if part not in fields:
+            # Either a union tag ('cnn') or a dict key (a column name): keep walking.
+            tagged = _union_member(cls, part)
+            if tagged is not None:
+                cls = tagged
+                continue
+            path.append(part)
+            continue
+        path.append(part)
+        cls = _inner_model(fields[part].annotation)
+    fields = getattr(cls, "model_fields", {})
+    return list(fields), path
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The BaseModel class inside Optional[...] / dict[str, ...] / Annotated[Union[...]]."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    args = typing.get_args(annotation)
+    models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    if len(models) == 1:
+        return models[0]
+    if models:
+        return _Union(models)
+    for arg in args:  # Annotated[Union[...], ...], dict[str, X]
+        inner = _inner_model(arg)
+        if inner is not None:
+            return inner
+    return None
+
+
+class _Union:
+    """A discriminated union of config models, resolved by the tag pydantic puts in the loc."""
+
+    def __init__(self, members: list[type[BaseModel]]) -> None:
+        self.members = members
+        self.model_fields: dict[str, Any] = {"name": None}
+
+
+def _union_member(cls: Any, tag: str) -> Any:
+    if isinstance(cls, _Union):
+        for member in cls.members:
+            name = member.model_fields.get("name")
+            if name is not None and name.default == tag:
+                return member
+    return None

@@ -1,0 +1,481 @@
+"""Read every supported data source into a `Table`.
+
+`read_table(spec)` takes a file path, an image folder or `builtin:NAME?param=value` and returns
+its columns as numpy arrays, following the conventions in `table.py`. Readers only read: CSV cells
+stay strings and images stay undecoded, so preprocessing can parse and check each value with the
+file and line of its row at hand (`Table.row_ref`).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.resources
+import io
+import json
+import math
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forgeml.data.table import Table
+from forgeml.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+
+
+def read_table(
+    spec: str, *, delimiter: str | None = None, base_dir: str | Path | None = None
+) -> Table:
+    """Read a data source into a `Table`.
+
+    Args:
+        spec: A path to a `.csv`, `.tsv`/`.tab`, `.jsonl`/`.ndjson`, `.parquet` or `.npz` file, a
+            folder of images laid out as `DIR/<class_name>/<image>.png`, or a built-in data set
+            such as `builtin:digits` or `builtin:blobs?n=500&classes=4&seed=1`.
+        delimiter: Field separator for delimited text files; overrides the one implied by the
+            extension ("," for .csv, tab for .tsv/.tab). Ignored by other formats.
+        base_dir: Directory that relative paths are resolved against (e.g. the config file's
+            folder); the current directory when None.
+
+    Returns:
+        The table; its `source` is `spec` as given, so error messages name what the user wrote.
+
+    Raises:
+        DataError: The source is missing, unreadable, of an unsupported kind or malformed. The
+            message is one line naming the file and line, row or column at fault.
+    """
+    spec = str(spec)
+    if spec.startswith("builtin:"):
+        return _read_builtin(spec)
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir if base_dir is not None else os.getcwd()) / path
+    path = Path(os.path.abspath(path))  # normalise "..", keep symlinks as the user named them
+    try:
+        if not path.exists():
+            raise _error(f"data file {spec!r} not found (looked at {path}); check the path")
+        if path.is_dir():
+            return _read_image_folder(path, spec)
+        suffix = path.suffix.lower()
+        if suffix in _DELIMITERS:
+            return _read_delimited(path, spec, delimiter or _DELIMITERS[suffix])
+        if suffix in _READERS:
+            return _READERS[suffix](path, spec)
+        supported = ", ".join([*_DELIMITERS, *_READERS])
+        raise _error(
+            f"{spec}: unsupported file type {path.suffix or '(no extension)'!r}; expected one of "
+            f"{supported}, an image folder or builtin:NAME; convert the file or rename it"
+        )
+    except PermissionError:
+        raise _error(
+            f"cannot read {spec} ({path}): permission denied; check the file permissions"
+        ) from None
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise _error(
+            f"cannot read {spec} ({path}): {reason}; check that the file is readable"
+        ) from None
+
+
+def list_builtins() -> list[str]:
+    """Names accepted after `builtin:` in `read_table`, e.g. `["blobs", "digits", ...]`."""
+    return sorted(_BUILTINS)
+
+
+def _error(message: str) -> DataError:
+    # The CLI prints a DataError as one line; user text (column names, parser messages) could
+    # carry line breaks, so fold them here once instead of at every call site.
+    return DataError(" ".join(message.split()))
+
+
+def _no_rows(name: str, expected: str) -> DataError:
+    return _error(f"{name} has no data rows; expected {expected}")
+
+
+def _object_array(values: Any) -> np.ndarray:
+    # np.array(values, dtype=object) would turn equal-length lists (JSON arrays, image rows) into a
+    # 2-D array; fromiter keeps exactly one entry per row.
+    return np.fromiter(values, dtype=object, count=len(values))
+
+
+def _read_text(path: Path, name: str) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")  # -sig drops the byte-order mark Excel writes
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise _error(
+            f"{name}, line {line}: byte 0x{raw[e.start]:02x} is not valid UTF-8; expected UTF-8 "
+            f"text; re-save the file as UTF-8 (e.g. 'CSV UTF-8' in Excel)"
+        ) from None
+
+
+# --- delimited text (CSV/TSV) ------------------------------------------------------------------
+
+
+def _read_delimited(path: Path, name: str, delimiter: str) -> Table:
+    if len(delimiter) != 1:
+        raise _error(
+            f"delimiter {delimiter!r} for {name} is not one character; expected e.g. ',' or a "
+            f"tab; fix the delimiter setting"
+        )
+    # newline="" leaves line breaks inside quoted fields to the csv module, as its docs require.
+    reader = csv.reader(io.StringIO(_read_text(path, name), newline=""), delimiter=delimiter)
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    numbers: list[int] = []
+    next_start = 1
+    try:
+        for record in reader:
+            # reader.line_num is the last line of the record just read, so a quoted multi-line
+            # field would shift the count; the record starts right after the previous one ended.
+            line, next_start = next_start, reader.line_num + 1
+            if not record:  # blank line
+                continue
+            if header is None:
+                header = _check_header(record, name, line)
+            elif len(record) != len(header):
+                hint = "an unquoted delimiter" if len(record) > len(header) else "a missing field"
+                raise _error(
+                    f"{name}, line {line}: expected {len(header)} fields as in the header, found "
+                    f"{len(record)}; check for {hint} in that row"
+                )
+            else:
+                rows.append(record)
+                numbers.append(line)
+    except csv.Error as e:
+        raise _error(
+            f"{name}, line {reader.line_num}: cannot parse the row ({e}); check its quotes"
+        ) from None
+    if header is None or not rows:
+        raise _no_rows(name, "a header line and at least one row")
+    # An empty cell is a missing value; everything else stays text for preprocessing to parse.
+    columns = {h: _object_array([r[j] or None for r in rows]) for j, h in enumerate(header)}
+    return Table(columns, source=name, row_label="line", row_numbers=np.array(numbers))
+
+
+def _check_header(record: list[str], name: str, line: int) -> list[str]:
+    # Spaces after the delimiter ("a, b") are common in hand-written files; names are stripped.
+    header = [h.strip() for h in record]
+    empty = [str(j + 1) for j, h in enumerate(header) if not h]
+    if empty:
+        raise _error(
+            f"{name}, line {line}: the header has empty column names at position(s) "
+            f"{', '.join(empty)}; expected a name for every column; add the missing names"
+        )
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise _error(
+            f"{name}, line {line}: the header repeats column name(s) "
+            f"{', '.join(map(repr, repeated))}; expected unique names; rename the duplicates"
+        )
+    return header
+
+
+# --- JSON lines --------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path, name: str) -> Table:
+    records: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    for line_no, line in enumerate(_read_text(path, name).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _error(
+                f"{name}, line {line_no}: invalid JSON ({e.msg} at column {e.colno}); expected "
+                f"one JSON object per line; fix or remove that line"
+            ) from None
+        if not isinstance(record, dict):
+            raise _error(
+                f"{name}, line {line_no}: found a JSON {_json_kind(record)}, expected a JSON "
+                f'object such as {{"x": 1.5, "label": "cat"}}; write one object per line'
+            )
+        records.append(record)
+        numbers.append(line_no)
+    if not records:
+        raise _no_rows(name, "one JSON object per line")
+    names = list(dict.fromkeys(k for r in records for k in r))  # union, first-seen order
+    columns = {k: _jsonl_column([r.get(k) for r in records]) for k in names}
+    return Table(columns, source=name, row_label="line", row_numbers=np.array(numbers))
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+def _jsonl_column(values: list[Any]) -> np.ndarray:
+    present = [v for v in values if v is not None]
+    # bool is a subclass of int, but true/false are categories, not numbers.
+    if present and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return _object_array(values)
+
+
+# --- Parquet -----------------------------------------------------------------------------------
+
+
+def _read_parquet(path: Path, name: str) -> Table:
+    try:  # optional dependency: imported only when a Parquet file is read
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise _error(
+            f"reading {name} needs pyarrow, which is not installed; "
+            f"install it with: pip install 'forgeml[parquet]'"
+        ) from None
+    try:
+        arrow = pq.read_table(path)
+    except pa.ArrowException as e:
+        raise _error(
+            f"cannot read {name} as Parquet ({e}); expected a valid Parquet file"
+        ) from None
+    if arrow.num_rows == 0:
+        raise _no_rows(name, "at least one row")
+    repeated = sorted({n for n in arrow.column_names if arrow.column_names.count(n) > 1})
+    if repeated:
+        raise _error(f"{name}: repeated column name(s) {repeated}; expected unique names")
+    columns = {}
+    for field, column in zip(arrow.schema, arrow.columns, strict=True):
+        if pa.types.is_integer(field.type) or pa.types.is_floating(field.type):
+            if column.null_count:  # integers cannot hold NaN: widen to float first
+                column = pc.fill_null(column.cast(pa.float64()), math.nan)
+            columns[field.name] = column.to_numpy()
+        else:
+            columns[field.name] = _object_array(column.to_pylist())
+    return Table(columns, source=name, row_label="row")
+
+
+# --- NumPy .npz --------------------------------------------------------------------------------
+
+
+def _read_npz(path: Path, name: str) -> Table:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, zipfile.BadZipFile) as e:
+        raise _error(
+            f"cannot read {name} as .npz ({e}); expected an archive from np.savez"
+        ) from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise _error(f"{name} holds a single .npy array; expected an archive from np.savez")
+    with npz:
+        arrays = {key: _load_npz_array(npz, key, name) for key in npz.files}
+    if not arrays:
+        raise _no_rows(name, "at least one array")
+    lengths = {key: a.shape[0] for key, a in arrays.items() if a.ndim > 0}
+    if len(set(lengths.values())) > 1:
+        found = ", ".join(f"{k!r} has {n}" for k, n in lengths.items())
+        raise _error(
+            f"{name}: arrays have different numbers of rows ({found}); expected the same first "
+            f"dimension (one entry per row) in every array"
+        )
+    columns: dict[str, np.ndarray] = {}
+    for key, array in arrays.items():
+        for column, values in _npz_columns(key, array, name):
+            if column in columns:
+                raise _error(
+                    f"{name}: column {column!r} comes from two arrays; expected unique names; "
+                    f"rename one of the arrays"
+                )
+            columns[column] = values
+    if next(iter(lengths.values()), 0) == 0:
+        raise _no_rows(name, "at least one row")
+    return Table(columns, source=name, row_label="row")
+
+
+def _load_npz_array(npz: Any, key: str, name: str) -> np.ndarray:
+    try:
+        return npz[key]
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise _error(f"cannot read array {key!r} of {name} ({e})") from None
+        raise _error(
+            f"{name}: array {key!r} holds Python objects (dtype=object); pickled arrays are not "
+            f"loaded for safety; save numeric or string arrays instead, e.g. arr.astype(str)"
+        ) from None
+
+
+def _npz_columns(key: str, array: np.ndarray, name: str) -> list[tuple[str, np.ndarray]]:
+    # Text arrays become object arrays of str, as text from every other source.
+    def column(a: np.ndarray) -> np.ndarray:
+        return a.astype(object) if a.dtype.kind in "US" else a
+
+    if array.ndim == 1:
+        return [(key, column(array))]
+    if array.ndim == 2:  # (N, F): one column per feature
+        return [(f"{key}_{j}", column(array[:, j])) for j in range(array.shape[1])]
+    if array.ndim in (3, 4):  # (N, H, W) or (N, H, W, C): one image per row
+        return [(key, _object_array(_to_uint8_images(array, key, name)))]
+    raise _error(
+        f"{name}: array {key!r} has shape {array.shape}; expected (N,) for a column, (N, F) for F "
+        f"columns or (N, H, W[, C]) for images; reshape it before saving"
+    )
+
+
+def _to_uint8_images(array: np.ndarray, key: str, name: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind == "f" and array.size:
+        low, high = float(array.min()), float(array.max())
+        if 0.0 <= low and high <= 1.0:  # also False for NaN
+            return np.round(array * 255).astype(np.uint8)
+        found = f"dtype {array.dtype} with values in [{low:g}, {high:g}]"
+    else:
+        found = f"dtype {array.dtype}"
+    raise _error(
+        f"{name}: image array {key!r} has {found}; expected uint8 pixels 0..255 or floats in "
+        f"[0, 1]; convert it before saving, e.g. arr.clip(0, 255).astype(np.uint8)"
+    )
+
+
+# --- image folders -----------------------------------------------------------------------------
+
+
+def _read_image_folder(path: Path, name: str) -> Table:
+    layout = f"expected the layout {name}/<class_name>/<image>.png, one sub-folder per class"
+    classes = sorted(
+        (p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+    if not classes:
+        raise _error(
+            f"image folder {name} has no class sub-folders; {layout}; move each class's images "
+            f"into a sub-folder named after the class"
+        )
+    images: list[str] = []
+    labels: list[str] = []
+    empty: list[str] = []
+    for folder in classes:
+        files = sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        )
+        images += [str(folder / f) for f in files]
+        labels += [folder.name] * len(files)
+        if not files:
+            empty.append(folder.name)
+    kinds = "/".join(IMAGE_EXTENSIONS)
+    if not images:
+        raise _error(
+            f"image folder {name} has no {kinds} images in its class sub-folders; {layout}"
+        )
+    if empty:
+        # A silently dropped class would shrink the label set; it is usually a misplaced folder.
+        raise _error(
+            f"image folder {name}: class sub-folder(s) {', '.join(map(repr, empty))} hold no "
+            f"{kinds} images; {layout}; add images or remove the empty folders"
+        )
+    columns = {"image": _object_array(images), "label": _object_array(labels)}
+    return Table(columns, source=name, row_label="file")
+
+
+_READERS: dict[str, Callable[[Path, str], Table]] = {
+    ".jsonl": _read_jsonl,
+    ".ndjson": _read_jsonl,
+    ".parquet": _read_parquet,
+    ".npz": _read_npz,
+}
+
+
+# --- built-in data sets ------------------------------------------------------------------------
+
+
+def _read_builtin(spec: str) -> Table:
+    name, _, query = spec.removeprefix("builtin:").partition("?")
+    if name not in _BUILTINS:
+        raise _error(
+            f"unknown built-in data set {name!r} in {spec!r}; expected one of "
+            f"{', '.join(list_builtins())}; e.g. builtin:digits"
+        )
+    build, defaults = _BUILTINS[name]
+    params = dict(defaults)
+    valid = ", ".join(defaults) or "none"
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise _error(
+                f"{spec}: unknown parameter {key!r}; valid parameters of builtin:{name}: {valid}"
+            )
+        kind = type(defaults[key])
+        try:
+            params[key] = kind(value)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise _error(
+                f"{spec}: parameter {key!r} must be {what}, got {value!r}; valid parameters of "
+                f"builtin:{name}: {valid}"
+            ) from None
+        # Counts need at least one; seed, std and noise only need to be non-negative.
+        least = 1 if key in ("n", "features", "classes") else 0
+        if not params[key] >= least or not math.isfinite(params[key]):
+            raise _error(
+                f"{spec}: parameter {key!r} must be a finite number of at least {least}, "
+                f"got {value!r}; e.g. builtin:{name}?{key}={defaults[key]}"
+            )
+    return Table(build(**params), source=spec, row_label="row")
+
+
+def _digits() -> dict[str, np.ndarray]:
+    # scikit-learn's copy of the UCI digits (BSD): 64 pixels 0..16 then the label, no header.
+    raw = importlib.resources.files("forgeml.data").joinpath("builtin/digits.csv.gz").read_bytes()
+    data = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",")  # (1797, 65)
+    pixels = np.clip(np.round(data[:, :64] * 255 / 16), 0, 255).astype(np.uint8)
+    return {
+        "image": _object_array(pixels.reshape(-1, 8, 8)),  # each entry (8, 8) uint8
+        "label": data[:, 64].astype(np.int64),
+    }
+
+
+def _blobs(n: int, features: int, classes: int, std: float, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(-5.0, 5.0, size=(classes, features))
+    labels = rng.permutation(np.arange(n) % classes)  # balanced, in random order
+    x = centers[labels] + rng.normal(0.0, std, size=(n, features))  # (n, features)
+    return {**{f"x{j}": x[:, j] for j in range(features)}, "label": labels.astype(np.int64)}
+
+
+def _regression(n: int, features: int, noise: float, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features))  # (n, features)
+    weights = rng.normal(size=features)
+    # The sine term keeps a purely linear model from being exactly right.
+    y = x @ weights + 0.5 * np.sin(x[:, 0]) + rng.normal(0.0, noise, size=n)
+    return {**{f"x{j}": x[:, j] for j in range(features)}, "y": y}
+
+
+def _tabular(n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(18.0, 80.0, size=n).round()
+    income = rng.lognormal(mean=10.5, sigma=0.5, size=n).round(-2)
+    color = rng.choice(np.array(["red", "green", "blue"], dtype=object), size=n)
+    # Each input moves the odds, so a model must use all three (and encode the category) to do well.
+    color_effect = np.select([color == "red", color == "green"], [1.5, 0.0], default=-1.5)
+    logit = 0.06 * (age - 49.0) + 2.0 * (np.log(income) - 10.5) + color_effect
+    yes = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
+    return {
+        "age": age,
+        "income": income,
+        "color": color,
+        "label": np.where(yes, "yes", "no").astype(object),
+    }
+
+
+_BUILTINS: dict[str, tuple[Callable[..., dict[str, np.ndarray]], dict[str, int | float]]] = {
+    "digits": (_digits, {}),
+    "blobs": (_blobs, {"n": 600, "features": 2, "classes": 3, "std": 1.0, "seed": 0}),
+    "regression": (_regression, {"n": 1000, "features": 8, "noise": 0.1, "seed": 0}),
+    "tabular": (_tabular, {"n": 1000, "seed": 0}),
+}

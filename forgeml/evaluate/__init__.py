@@ -1,0 +1,1 @@
+"""Evaluation: streaming metrics per split (torchmetrics), training plots and the model card."""

@@ -1,0 +1,1 @@
+"""Model families, one per file, chosen by name from `forgeml.models.registry`."""

@@ -1,0 +1,178 @@
+"""`Predictor`: raw inputs -> preprocessing -> forward -> postprocessed outputs. No HTTP here.
+
+Reads only the run directory. Inputs are records (a list of dicts, as in the training file),
+a `Table`, or a path to a CSV/TSV/JSONL/Parquet file, an image file or a folder of images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from forgeml.artifact import load_weights, read_config_dict, read_manifest
+from forgeml.config import load_config
+from forgeml.data.loader import TensorData
+from forgeml.data.preprocess import Preprocessor
+from forgeml.data.sources import IMAGE_EXTENSIONS, read_table
+from forgeml.data.table import Table
+from forgeml.errors import DataError, ForgeError
+from forgeml.models.registry import UserModule, build_model
+from forgeml.training.loop import evaluate, forward_batches
+from forgeml.training.optim import build_loss
+from forgeml.training.runtime import pick_device, resolve_precision
+
+
+class Predictor:
+    """A trained model ready to predict, loaded from a run directory.
+
+    Args:
+        run_dir: the directory `forgeml train` wrote.
+        module: for runs trained on your own `nn.Module`: a fresh instance of it to load into.
+        precision: "auto" (bf16 where the hardware is fast at it), "fp32" or "bf16".
+    """
+
+    def __init__(
+        self, run_dir: str | Path, *, module: nn.Module | None = None, precision: str = "auto"
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.manifest = read_manifest(self.run_dir)
+        self.config = load_config(read_config_dict(self.run_dir))
+        self.preprocessor = Preprocessor.load(self.run_dir / "preprocess")
+        if self.manifest.get("model") == "custom":
+            if module is None:
+                raise ForgeError(
+                    f"{self.run_dir} was trained on a custom nn.Module; pass a fresh instance: "
+                    "forgeml.load(run_dir, module=MyModule())"
+                )
+            model = module if isinstance(module, UserModule) else UserModule(module)
+        else:
+            model = build_model(self.config.model, self.preprocessor.spec)
+        load_weights(self.run_dir, self.manifest, model)
+        self.device = pick_device()
+        self.model = model.to(self.device).eval()
+        self.precision = resolve_precision(precision, self.device)
+        self.batch_size = self.config.train.eval_batch_size or 4 * self.config.train.batch_size
+
+    @property
+    def task(self) -> str:
+        return self.preprocessor.target.task
+
+    @property
+    def classes(self) -> list | None:
+        return self.preprocessor.target.classes
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [f.name for f in self.preprocessor.features]
+
+    def predict(self, inputs: Sequence[Mapping[str, Any]] | Table | str | Path) -> list[dict]:
+        """Predict for records, a Table, or a file/folder path.
+
+        Returns one dict per row: {"prediction": label, "probabilities": {class: p}} for
+        classification, {"prediction": value} for regression.
+        """
+        table = self.to_table(inputs)
+        features, _ = self.preprocessor.transform(table, with_target=False)
+        outputs = self.raw_outputs(TensorData(features, None))
+        return self.preprocessor.decode(outputs)
+
+    def raw_outputs(self, data: TensorData) -> torch.Tensor:
+        """(N, out_dim) float32 model outputs, in eval mode, batched."""
+        chunks = [
+            out.cpu()
+            for out, _ in forward_batches(
+                self.model, data, batch_size=self.batch_size, precision=self.precision
+            )
+        ]
+        return torch.cat(chunks) if chunks else torch.empty(0, self.preprocessor.spec.out_dim)
+
+    def evaluate(self, inputs: Sequence[Mapping[str, Any]] | Table | str | Path) -> dict[str, Any]:
+        """Metrics (and loss) on labelled inputs that hold the target column."""
+        table = self.to_table(inputs)
+        target = self.preprocessor.target.name
+        if target not in table.columns:
+            raise DataError(
+                f"{table.source}: target column '{target}' is missing; evaluation needs labelled "
+                "data with the same columns as the training file"
+            )
+        features, labels = self.preprocessor.transform(table, with_target=True)
+        loss_fn = build_loss(self.config.train.loss, self.task)
+        classes = [str(c) for c in self.classes] if self.classes is not None else None
+        return evaluate(
+            self.model,
+            TensorData(features, labels),
+            task=self.task,
+            loss_fn=loss_fn,
+            class_names=classes,
+            batch_size=self.batch_size,
+            precision=self.precision,
+        )
+
+    def to_table(self, inputs: Sequence[Mapping[str, Any]] | Table | str | Path) -> Table:
+        if isinstance(inputs, Table):
+            return inputs
+        if isinstance(inputs, str | Path):
+            return self._read_path(Path(inputs))
+        if isinstance(inputs, Mapping):
+            inputs = [inputs]
+        return records_to_table(list(inputs))
+
+    def _read_path(self, path: Path) -> Table:
+        image_columns = [f.name for f in self.preprocessor.features if f.type == "image"]
+        is_image_file = path.suffix.lower() in IMAGE_EXTENSIONS
+        if path.is_dir() or is_image_file:
+            if not image_columns:
+                raise DataError(
+                    f"{path} is an image input, but this model takes no image column; "
+                    f"it expects a CSV/JSONL file with columns: {', '.join(self.input_columns)}"
+                )
+            if not path.exists():
+                raise DataError(f"input image {path} does not exist; check the path")
+            files = [path] if is_image_file else _flat_images(path)
+            if files:
+                paths = np.array([str(p.resolve()) for p in files], dtype=object)
+                return Table({image_columns[0]: paths}, source=str(path), row_label="file")
+            table = read_table(str(path))  # a folder with one sub-folder per class
+            if "image" in table.columns and image_columns[0] != "image":
+                table.columns[image_columns[0]] = table.columns.pop("image")
+            return table
+        return read_table(str(path), delimiter=self.config.data.delimiter)
+
+
+def records_to_table(records: list[Mapping[str, Any]], source: str = "input records") -> Table:
+    """A list of dicts (as in a JSONL file) -> Table of object columns; missing keys -> None."""
+    if not records:
+        raise DataError(f"{source}: no records given; expected at least one")
+    names: dict[str, None] = {}
+    for i, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            raise DataError(
+                f"{source}, record {i + 1}: expected a mapping of column -> value, "
+                f"found {type(record).__name__}"
+            )
+        names.update(dict.fromkeys(record))
+    columns = {}
+    for name in names:
+        column = np.empty(len(records), dtype=object)  # filled one by one: arrays stay cells
+        for i, record in enumerate(records):
+            column[i] = record.get(name)
+        columns[name] = column
+    return Table(columns, source=source, row_label="record")
+
+
+def _flat_images(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
+
+
+def load(run_dir: str | Path, *, module: nn.Module | None = None) -> Predictor:
+    """Load a run directory for prediction: `forgeml.load("runs/NAME").predict(records)`."""
+    return Predictor(run_dir, module=module)

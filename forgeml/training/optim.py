@@ -1,0 +1,78 @@
+"""Optimizers, learning-rate schedules and losses, built by name from the train config."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from forgeml.config import LossConfig, OptimizerConfig, SchedulerConfig
+
+
+def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(
+    cfg: SchedulerConfig,
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    steps_per_epoch: int,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-optimizer-step schedule: linear warmup, then constant / step / cosine; or one-cycle."""
+    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+    if cfg.name == "onecycle":
+        peak = [group["lr"] for group in optimizer.param_groups]
+        # OneCycle has its own warmup phase; default to 30% of the run as in the paper's recipe.
+        pct = warmup / total_steps if warmup else 0.3
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=peak, total_steps=max(total_steps, 2), pct_start=min(pct, 0.99)
+        )
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.name == "step":
+            return cfg.gamma ** (step // (cfg.step_epochs * steps_per_epoch))
+        if cfg.name == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+            return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_loss(cfg: LossConfig, task: str, class_weights: Tensor | None = None):
+    """Returns loss(outputs, target) -> scalar for the task.
+
+    outputs: (B, C) logits (multiclass) or (B, 1) logit / value; target: (B,) int64 or float32.
+    """
+    if task == "multiclass":
+        return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
+    if task == "binary":
+
+        def binary(outputs: Tensor, target: Tensor) -> Tensor:
+            weight = class_weights[target] if class_weights is not None else None
+            return F.binary_cross_entropy_with_logits(
+                outputs.squeeze(1), target.to(outputs.dtype), weight=weight
+            )
+
+        return binary
+    if cfg.regression == "huber":
+        huber = nn.HuberLoss(delta=cfg.huber_delta)
+        return lambda outputs, target: huber(outputs.squeeze(1), target.to(outputs.dtype))
+    return lambda outputs, target: F.mse_loss(outputs.squeeze(1), target.to(outputs.dtype))
