@@ -2,17 +2,19 @@
 
 Both loops train the same model from the same seed on the same in-memory tensors, with the same
 batch order (`torch.randperm` of a generator seeded with `seed`), AdamW and a constant learning
-rate, in fp32. Fairness is checked, not assumed: the per-epoch mean train losses must agree to
-1e-5 and the final weights to 1e-6, else the script fails.
+rate (no warmup), in fp32. Fairness is checked, not assumed: the per-epoch mean train losses
+must agree to 1e-5 and the final weights to 1e-6, else the script fails.
 
     case A  the digits CNN of configs/digits-cnn.yaml, augmentation off, batch 32
     case B  an MLP [128, 64] on 100,000 x 64 generated rows, 10 classes, batch 256
 
-Each repeat runs plain fp32, forgeml fp32 and forgeml bf16 (autocast) back to back, rotating
-their order from one repeat to the next. An epoch's time is the gap between two consecutive
-epoch ends, so setup is excluded; the first epoch of every run is a warm-up and is dropped.
-Per repeat the ratio is median(forgeml epoch) / median(plain epoch); the report gives the
-median over repeats. Threads are pinned to 2 (`torch.set_num_threads`).
+The two loops run in lockstep, epoch by epoch: a forgeml callback runs one epoch of the plain
+loop at each forgeml epoch end, so every forgeml epoch is paired with a plain epoch measured
+right after it (the machine's noise drifts over seconds; a pair shares it). forgeml's epoch time
+runs from the callback's return to the next epoch end, so setup is excluded; the first epoch of
+both loops is a warm-up and is dropped. The ratio is the median over all pairs of all repeats.
+Each repeat does this twice, for forgeml in fp32 and in bf16 autocast (alternating which goes
+first), always against the plain fp32 loop. Threads are pinned to 2 (`torch.set_num_threads`).
 
     .venv/bin/python bench/overhead.py
 """
@@ -23,7 +25,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +44,6 @@ THREADS = 2
 SEED = 0
 LOSS_TOL = 1e-5
 WEIGHT_TOL = 1e-6
-VARIANTS = ("plain", "forgeml", "forgeml-bf16")
 
 
 @dataclass
@@ -54,42 +55,38 @@ class Case:
     repeats: int
 
 
-@dataclass
-class Run:
-    losses: list[float]  # mean train loss per epoch
-    epoch_times: list[float]  # seconds, warm-up epoch dropped
-    state: dict[str, torch.Tensor] = field(repr=False)
+class PlainLoop:
+    """The reference: what one writes by hand with torch alone, run one epoch per call."""
 
+    def __init__(self, case: Case) -> None:
+        opt = case.train.optimizer
+        torch.manual_seed(SEED)
+        self.model = case.build()
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=opt.lr,
+            betas=opt.betas,
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+        )
+        self.order = torch.Generator().manual_seed(SEED)
+        self.data, self.batch_size = case.data, case.train.batch_size
+        self.rng_state = torch.get_rng_state()  # this loop's own dropout stream, see `epoch`
+        self.losses: list[float] = []  # mean train loss per epoch
+        self.times: list[float] = []  # seconds per epoch
 
-class EpochTimer:
-    """forgeml callback: the time at each epoch end."""
+    def epoch(self) -> None:
+        # Called between two forgeml epochs: swap in this loop's global RNG state so that its
+        # dropout draws what forgeml's does, and hand forgeml its own state back afterwards.
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.rng_state)
 
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-
-    def on_epoch_end(self, row: dict) -> None:
-        self.stamps.append(time.perf_counter())
-
-
-def gaps(stamps: list[float]) -> list[float]:
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-
-
-def plain_fit(case: Case) -> Run:
-    """The reference: what one writes by hand with torch alone."""
-    cfg, opt = case.train, case.train.optimizer
-    torch.manual_seed(SEED)
-    model = case.build()
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
-    )
-    order = torch.Generator().manual_seed(SEED)
-    inputs, target = case.data.inputs, case.data.target
-    n, bs = len(target), cfg.batch_size
-    losses, stamps = [], []
-    for _ in range(cfg.max_epochs):
+        started = time.perf_counter()
+        model, optimizer = self.model, self.optimizer
+        inputs, target = self.data.inputs, self.data.target
+        n, bs = len(target), self.batch_size
         model.train()
-        perm = torch.randperm(n, generator=order)
+        perm = torch.randperm(n, generator=self.order)
         total = 0.0
         for i in range(math.ceil(n / bs)):
             idx = perm[i * bs : (i + 1) * bs]
@@ -99,16 +96,43 @@ def plain_fit(case: Case) -> Run:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             total += loss.item() * len(idx)
-        losses.append(total / n)
-        stamps.append(time.perf_counter())
-    return Run(losses, gaps(stamps), model.state_dict())
+        self.losses.append(total / n)
+        self.times.append(time.perf_counter() - started)
+
+        self.rng_state = torch.get_rng_state()
+        torch.set_rng_state(outer)
 
 
-def forgeml_fit(case: Case, precision: str) -> Run:
+class Lockstep:
+    """forgeml callback: times each forgeml epoch, then runs one epoch of the plain loop."""
+
+    def __init__(self, plain: PlainLoop) -> None:
+        self.plain = plain
+        self.times: list[float] = []  # forgeml seconds per epoch, from the second epoch on
+        self.resumed: float | None = None
+
+    def on_epoch_end(self, row: dict) -> None:
+        now = time.perf_counter()
+        if self.resumed is not None:  # the first epoch has no start stamp: it is the warm-up
+            self.times.append(now - self.resumed)
+        self.plain.epoch()
+        self.resumed = time.perf_counter()
+
+
+@dataclass
+class Pairing:
+    forgeml: list[float]  # forgeml epoch times, warm-up dropped
+    plain: list[float]  # the plain epoch run right after each of them
+    loss_diff: float  # largest per-epoch mean train loss difference
+    weight_diff: float  # largest final weight difference
+
+
+def run_lockstep(case: Case, precision: str) -> Pairing:
+    plain = PlainLoop(case)
     cfg = case.train.model_copy(update={"precision": precision})
     torch.manual_seed(SEED)
     model = case.build()
-    timer = EpochTimer()
+    lockstep = Lockstep(plain)
     result = fit(
         model,
         case.data,
@@ -118,61 +142,55 @@ def forgeml_fit(case: Case, precision: str) -> Run:
         loss_fn=build_loss(cfg.loss, "multiclass"),
         seed=SEED,
         quiet=True,
-        callbacks=[timer],
+        callbacks=[lockstep],
     )
     losses = [row["metrics"]["loss"] for row in result.history]
-    return Run(losses, gaps(timer.stamps), model.state_dict())
-
-
-def check_fair(plain: Run, forgeml: Run) -> tuple[float, float]:
-    """Largest loss and weight differences; raises if the two loops did not do the same work."""
-    loss_diff = max(abs(a - b) for a, b in zip(plain.losses, forgeml.losses, strict=True))
+    loss_diff = max(abs(a - b) for a, b in zip(losses, plain.losses, strict=True))
+    theirs = plain.model.state_dict()
     weight_diff = max(
-        (plain.state[k].double() - forgeml.state[k].double()).abs().max().item()
-        for k in plain.state
+        (v.double() - theirs[k].double()).abs().max().item() for k, v in model.state_dict().items()
     )
-    assert loss_diff <= LOSS_TOL, f"epoch losses differ by {loss_diff:.2e} > {LOSS_TOL}"
-    assert weight_diff <= WEIGHT_TOL, f"final weights differ by {weight_diff:.2e} > {WEIGHT_TOL}"
-    return loss_diff, weight_diff
+    return Pairing(lockstep.times, plain.times[1:], loss_diff, weight_diff)
 
 
 def run_case(case: Case) -> dict:
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    ratios: dict[str, list[float]] = {"forgeml/plain": [], "bf16/fp32": []}
-    loss_diff = weight_diff = 0.0
+    pairs: dict[str, list[Pairing]] = {"fp32": [], "bf16": []}
     for repeat in range(case.repeats):
-        shift = repeat % len(VARIANTS)
-        runs: dict[str, Run] = {}
-        for variant in VARIANTS[shift:] + VARIANTS[:shift]:
-            if variant == "plain":
-                runs[variant] = plain_fit(case)
-            else:
-                runs[variant] = forgeml_fit(case, "bf16" if variant.endswith("bf16") else "fp32")
-        losses, weights = check_fair(runs["plain"], runs["forgeml"])
-        loss_diff, weight_diff = max(loss_diff, losses), max(weight_diff, weights)
-        median = {v: statistics.median(r.epoch_times) for v, r in runs.items()}
-        for variant, run in runs.items():
-            times[variant].extend(run.epoch_times)
-        ratios["forgeml/plain"].append(median["forgeml"] / median["plain"])
-        ratios["bf16/fp32"].append(median["forgeml-bf16"] / median["forgeml"])
+        order = ("fp32", "bf16") if repeat % 2 == 0 else ("bf16", "fp32")
+        for precision in order:
+            pairs[precision].append(run_lockstep(case, precision))
+        fp32 = pairs["fp32"][-1]
+        assert fp32.loss_diff <= LOSS_TOL, f"epoch losses differ by {fp32.loss_diff:.2e}"
+        assert fp32.weight_diff <= WEIGHT_TOL, f"final weights differ by {fp32.weight_diff:.2e}"
         print(
-            f"  {case.name} repeat {repeat + 1}/{case.repeats}: "
-            + "  ".join(f"{v} {median[v] * 1e3:.1f} ms" for v in VARIANTS)
-            + f"  forgeml/plain {ratios['forgeml/plain'][-1]:.3f}",
+            f"  {case.name} repeat {repeat + 1}/{case.repeats}: forgeml/plain "
+            f"fp32 {median_ratio([fp32]):.3f}, bf16 {median_ratio([pairs['bf16'][-1]]):.3f}",
             flush=True,
         )
-    plain_losses = runs["plain"].losses
+
+    def median_ms(runs: list[Pairing], side: str) -> float:
+        return statistics.median(t for p in runs for t in getattr(p, side)) * 1e3
+
+    per_repeat = [median_ratio([p]) for p in pairs["fp32"]]
     return {
         "case": case.name,
-        "epochs": case.train.max_epochs,
-        "repeats": case.repeats,
-        "median_ms": {v: statistics.median(t) * 1e3 for v, t in times.items()},
-        "ratio": {k: statistics.median(r) for k, r in ratios.items()},
-        "ratio_range": {k: (min(r), max(r)) for k, r in ratios.items()},
-        "loss_diff": loss_diff,
-        "weight_diff": weight_diff,
-        "losses": (plain_losses[0], plain_losses[-1]),
+        "runs": f"{case.train.max_epochs - 1} x {case.repeats}",
+        "plain_ms": median_ms(pairs["fp32"] + pairs["bf16"], "plain"),
+        "fp32_ms": median_ms(pairs["fp32"], "forgeml"),
+        "bf16_ms": median_ms(pairs["bf16"], "forgeml"),
+        "fp32_ratio": median_ratio(pairs["fp32"]),
+        "fp32_spread": (min(per_repeat), max(per_repeat)),
+        "bf16_ratio": median_ratio(pairs["bf16"]),
+        "loss_diff": max(p.loss_diff for p in pairs["fp32"]),
+        "weight_diff": max(p.weight_diff for p in pairs["fp32"]),
     }
+
+
+def median_ratio(runs: list[Pairing]) -> float:
+    """Median of forgeml/plain over every epoch pair of `runs`."""
+    return statistics.median(
+        f / p for run in runs for f, p in zip(run.forgeml, run.plain, strict=True)
+    )
 
 
 def digits_case() -> Case:
@@ -184,7 +202,7 @@ def digits_case() -> Case:
             "train.scheduler.name=constant",
             "train.scheduler.warmup_ratio=0",
             "train.precision=fp32",
-            "train.max_epochs=8",
+            "train.max_epochs=12",
         ],
     )
     prepared = prepare(cfg, log=lambda _msg: None)
@@ -193,7 +211,7 @@ def digits_case() -> Case:
         build=lambda: build_model(cfg.model, prepared.preprocessor.spec),
         data=prepared.data["train"],
         train=cfg.train,
-        repeats=7,
+        repeats=6,
     )
 
 
@@ -210,7 +228,7 @@ def mlp_case() -> Case:
         build=lambda: build_model(MLPConfig(hidden_sizes=[128, 64]), spec),
         data=TensorData({"numeric": features}, target),
         train=TrainConfig(
-            batch_size=256, max_epochs=4, precision="fp32", optimizer=OptimizerConfig()
+            batch_size=256, max_epochs=8, precision="fp32", optimizer=OptimizerConfig()
         ),
         repeats=5,
     )
@@ -222,23 +240,19 @@ def main() -> None:
     results = [run_case(digits_case()), run_case(mlp_case())]
     print()
     print(
-        "| case | epochs x repeats | plain ms/epoch | forgeml ms/epoch | forgeml/plain "
-        "| max loss diff | max weight diff | forgeml bf16 ms/epoch | bf16/fp32 |"
+        "| case | epoch pairs (epochs x repeats) | plain fp32 ms/epoch | forgeml fp32 ms/epoch "
+        "| forgeml/plain (range of repeats) | max loss diff | max weight diff "
+        "| forgeml bf16 ms/epoch | bf16/plain | bf16/fp32 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        ms, ratio, spread = r["median_ms"], r["ratio"], r["ratio_range"]
-        low, high = spread["forgeml/plain"]
+        low, high = r["fp32_spread"]
         print(
-            f"| {r['case']} | ({r['epochs']} - 1 warm-up) x {r['repeats']} "
-            f"| {ms['plain']:.1f} | {ms['forgeml']:.1f} "
-            f"| **{ratio['forgeml/plain']:.3f}** ({low:.3f}-{high:.3f}) "
-            f"| {r['loss_diff']:.1e} | {r['weight_diff']:.1e} "
-            f"| {ms['forgeml-bf16']:.1f} | {ratio['bf16/fp32']:.2f} |"
+            f"| {r['case']} | {r['runs']} | {r['plain_ms']:.1f} | {r['fp32_ms']:.1f} "
+            f"| **{r['fp32_ratio']:.3f}** ({low:.3f}-{high:.3f}) "
+            f"| {r['loss_diff']:.1e} | {r['weight_diff']:.1e} | {r['bf16_ms']:.1f} "
+            f"| {r['bf16_ratio']:.2f} | {r['bf16_ratio'] / r['fp32_ratio']:.2f} |"
         )
-    for r in results:
-        first, last = r["losses"]
-        print(f"{r['case']}: train loss {first:.4f} (epoch 1) -> {last:.4f} (last epoch)")
 
 
 if __name__ == "__main__":
