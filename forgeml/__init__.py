@@ -10,6 +10,8 @@ Names are imported on first use, so `import forgeml` (and the CLI's error paths)
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -49,3 +51,21 @@ def predict(run_dir: Any, inputs: Any) -> list[dict[str, Any]]:
     from forgeml.predict import load
 
     return load(run_dir).predict(inputs)
+
+
+class _Package(types.ModuleType):
+    """Keeps the public functions `evaluate` and `predict` once their namesake modules load.
+
+    Importing the submodule `forgeml.predict` (or `forgeml.evaluate.metrics`, as every training
+    run does) makes Python set it as an attribute of this package, which would replace the
+    function of the same name: `forgeml.evaluate(run_dir)` would then call a module. The
+    submodules stay importable by their full names.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("evaluate", "predict") and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

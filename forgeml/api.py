@@ -134,7 +134,16 @@ def train(
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)
     prepared = prepare(cfg, log=log)
     model = build_or_wrap(cfg, prepared.preprocessor, module)
-    return fit_and_save(prepared, model, console=console, log=log, quiet=quiet, callbacks=callbacks)
+    return fit_and_save(
+        prepared,
+        model,
+        console=console,
+        log=log,
+        quiet=quiet,
+        callbacks=callbacks,
+        # A user module is not buildable from config.yaml: loading needs module=... (as Model).
+        custom_model="custom" if module is not None else None,
+    )
 
 
 def build_or_wrap(cfg: Config, preprocessor: Preprocessor, module: nn.Module | None) -> nn.Module:
@@ -220,6 +229,7 @@ def fit_prepared(
         callbacks=callbacks,
         console=console,
         quiet=quiet,
+        target_scale=target_scale(pre),
     )
     return result, loss_fn
 
@@ -239,6 +249,7 @@ def final_metrics(
             class_names=_class_names(pre),
             batch_size=cfg.train.eval_batch_size or 4 * cfg.train.batch_size,
             precision=precision,
+            target_scale=target_scale(pre),
         )
         for split, data in prepared.data.items()
     }
@@ -323,6 +334,12 @@ class _HistoryWriter:
 
     def on_eval_end(self, row: dict[str, Any]) -> None:
         self.run_dir.append_history(row)
+
+
+def target_scale(pre: Preprocessor) -> tuple[float, float] | None:
+    """A regression target's (mean, std): metrics are reported in the target's own units."""
+    t = pre.target
+    return (t.mean, t.std) if t.task == "regression" else None
 
 
 def _class_names(pre: Preprocessor) -> list[str] | None:

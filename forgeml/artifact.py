@@ -57,8 +57,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return value.item()
+    # numpy / torch scalars and arrays: tolist() gives a plain number for a scalar and nested
+    # lists otherwise (item() would fail on an array of more than one value).
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from forgeml.errors import ConfigError
 from forgeml.models.registry import ModelConfig
@@ -176,7 +177,7 @@ def load_config(
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, origin)) from None
+        raise ConfigError(format_validation_error(exc, origin, overrides)) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -231,16 +232,19 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def format_validation_error(exc: ValidationError, origin: str) -> str:
-    """The first pydantic error as one line: file, key, problem, and the closest valid key."""
+def format_validation_error(
+    exc: ValidationError, origin: str, overrides: list[str] | None = None
+) -> str:
+    """The first pydantic error as one line: file or override, key, problem, how to fix it."""
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     kind = err["type"]
     if kind == "extra_forbidden":
         valid, path = _valid_keys(loc[:-1])
         key = ".".join(path + [loc[-1]])
-        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-        hint = f"did you mean '{'.'.join(path + close)}'? " if close else ""
+        origin = _override_origin(overrides, key) or origin
+        close = _suggest(loc[-1], loc[:-1], valid)
+        hint = f"did you mean '{'.'.join(path + [close])}'? " if close else ""
         where = f"'{'.'.join(path)}'" if path else "the top level"
         return (
             f"{origin}: unknown config key '{key}'; {hint}valid keys in {where}: {', '.join(valid)}"
@@ -250,14 +254,81 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
     if kind == "missing":
         return f"{origin}: missing required config key '{key}'; add it to the config"
     if kind == "union_tag_invalid":
-        tags = err.get("ctx", {}).get("expected_tags", "")
-        return f"{origin}: unknown value for '{key}.name': {err['input']!r}; expected one of {tags}"
+        origin = _override_origin(overrides, f"{key}.name") or origin
+        ctx = err.get("ctx", {})
+        tags = ctx.get("expected_tags", "")
+        first = tags.split(",")[0].strip(" '")
+        return (
+            f"{origin}: unknown value for '{key}.name': {ctx.get('tag')!r}; expected one of "
+            f"{tags}; e.g. {key}.name={first}"
+        )
     if kind == "union_tag_not_found":
         return f"{origin}: '{key}' needs a 'name' key; e.g. {key}.name=mlp"
+    origin = _override_origin(overrides, key) or origin
     given = err.get("input")
     shown = "" if isinstance(given, dict) else f" (got {given!r})"
     msg = err["msg"].removeprefix("Value error, ")
-    return f"{origin}: invalid value for '{key}'{shown}: {msg}"
+    if kind == "value_error":  # our own validators say how to fix it
+        return f"{origin}: invalid value for '{key}'{shown}: {msg}"
+    example = _default_example(loc)
+    fix = f"e.g. {key}={example}" if example is not None else f"correct '{key}'"
+    return f"{origin}: invalid value for '{key}'{shown}: {msg}; {fix}"
+
+
+# Names other tools use for a key that lives elsewhere here: section path -> {name: key}.
+_ALIASES: dict[tuple[str, ...], dict[str, str]] = {
+    ("train",): {
+        "learning_rate": "optimizer.lr",
+        "lr": "optimizer.lr",
+        "epochs": "max_epochs",
+        "weight_decay": "optimizer.weight_decay",
+    },
+}
+
+
+def _suggest(name: str, section: list[str], valid: list[str]) -> str | None:
+    """The closest valid key to an unknown `name`: a sibling, a known alias, or a nested key."""
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if close:
+        return close[0]
+    _, path = _valid_keys(section)
+    aliases = _ALIASES.get(tuple(path), {})
+    close = difflib.get_close_matches(name, list(aliases), n=1, cutoff=0.8)
+    if close:
+        return aliases[close[0]]
+    for child in valid:  # one level down: train.momentum -> train.optimizer.momentum
+        nested, _ = _valid_keys([*section, child])
+        close = difflib.get_close_matches(name, nested, n=1, cutoff=0.8)
+        if close:
+            return f"{child}.{close[0]}"
+    return None
+
+
+def _override_origin(overrides: list[str] | None, key: str) -> str | None:
+    """'override 'a.b=1'' when the command line set `key`, a section holding it, or a key in it."""
+    parts = key.split(".")
+    prefixes = {".".join(parts[: i + 1]) for i in range(len(parts))}
+    for item in reversed(overrides or []):
+        name = item.partition("=")[0].strip()
+        if name in prefixes or name.startswith(f"{key}."):
+            return f"override {item!r}"
+    return None
+
+
+def _default_example(loc: list[str]) -> str | None:
+    """The default of the scalar field at `loc`, written as an override value; None if none."""
+    if not loc:
+        return None
+    parent = _model_at(loc[:-1])
+    field = getattr(parent, "model_fields", {}).get(loc[-1]) if parent is not None else None
+    if field is None or not isinstance(field, FieldInfo):
+        return None
+    default = field.default
+    if isinstance(default, str):
+        return default
+    if isinstance(default, bool | int | float | list | tuple):
+        return json.dumps(list(default) if isinstance(default, tuple) else default)
+    return None
 
 
 def _valid_keys(loc: list[str]) -> tuple[list[str], list[str]]:
@@ -266,6 +337,17 @@ def _valid_keys(loc: list[str]) -> tuple[list[str], list[str]]:
     Returns the valid keys at the end of `loc` and the user-facing key path (pydantic puts the
     union tag, e.g. 'cnn', into the location of a discriminated union; users never write it).
     """
+    cls, path = _walk(loc)
+    fields = getattr(cls, "model_fields", {})
+    return list(fields), path
+
+
+def _model_at(loc: list[str]) -> Any:
+    """The config class at the end of `loc` (None past a scalar field)."""
+    return _walk(loc)[0]
+
+
+def _walk(loc: list[str]) -> tuple[Any, list[str]]:
     cls: Any = Config
     path: list[str] = []
     for part in loc:
@@ -282,8 +364,7 @@ def _valid_keys(loc: list[str]) -> tuple[list[str], list[str]]:
             continue
         path.append(part)
         cls = _inner_model(fields[part].annotation)
-    fields = getattr(cls, "model_fields", {})
-    return list(fields), path
+    return cls, path
 
 
 def _inner_model(annotation: Any) -> Any:

@@ -23,7 +23,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from forgeml.api import Prepared, final_metrics, fit_prepared, save_run
+from forgeml.api import Prepared, final_metrics, fit_prepared, save_run, target_scale
 from forgeml.artifact import RunDir
 from forgeml.config import Config, load_config
 from forgeml.data.loader import TensorData
@@ -170,6 +170,7 @@ class Model:
             class_names=classes,
             batch_size=4 * self.config.train.batch_size,
             precision=self.result.precision,
+            target_scale=target_scale(pre),
         )
 
     def predict(self, x: Any) -> np.ndarray:

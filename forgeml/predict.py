@@ -33,11 +33,16 @@ class Predictor:
     Args:
         run_dir: the directory `forgeml train` wrote.
         module: for runs trained on your own `nn.Module`: a fresh instance of it to load into.
-        precision: "auto" (bf16 where the hardware is fast at it), "fp32" or "bf16".
+        precision: "auto" (bf16 where the hardware is fast at it), "fp32" or "bf16"; None:
+            the run's `train.precision`, so predictions reproduce the run's metrics.
     """
 
     def __init__(
-        self, run_dir: str | Path, *, module: nn.Module | None = None, precision: str = "auto"
+        self,
+        run_dir: str | Path,
+        *,
+        module: nn.Module | None = None,
+        precision: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.manifest = read_manifest(self.run_dir)
@@ -55,7 +60,7 @@ class Predictor:
         load_weights(self.run_dir, self.manifest, model)
         self.device = pick_device()
         self.model = model.to(self.device).eval()
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_precision(precision or self.config.train.precision, self.device)
         self.batch_size = self.config.train.eval_batch_size or 4 * self.config.train.batch_size
 
     @property
@@ -98,11 +103,13 @@ class Predictor:
         if target not in table.columns:
             raise DataError(
                 f"{table.source}: target column '{target}' is missing; evaluation needs labelled "
-                "data with the same columns as the training file"
+                "data with the same columns as the training file; add the column, or use "
+                "forgeml predict for unlabelled data"
             )
         features, labels = self.preprocessor.transform(table, with_target=True)
         loss_fn = build_loss(self.config.train.loss, self.task)
         classes = [str(c) for c in self.classes] if self.classes is not None else None
+        t = self.preprocessor.target
         return evaluate(
             self.model,
             TensorData(features, labels),
@@ -111,6 +118,7 @@ class Predictor:
             class_names=classes,
             batch_size=self.batch_size,
             precision=self.precision,
+            target_scale=(t.mean, t.std) if t.task == "regression" else None,
         )
 
     def to_table(self, inputs: Sequence[Mapping[str, Any]] | Table | str | Path) -> Table:

@@ -48,9 +48,13 @@ def load_image(value: object, *, ref: str, base_dir: str | Path | None = None) -
             img.load()
             return _pil_to_array(img)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, UnidentifiedImageError):  # Pillow's text repeats the path
+            reason = "not a recognisable image (corrupt, or another file type)"
+        else:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise DataError(
-            f"{ref}: cannot read image '{value}': {reason}; expected a PNG or JPEG file"
+            f"{ref}: cannot read image '{value}': {reason}; expected a PNG or JPEG file; "
+            "replace or remove the file, or fix the path"
         ) from None
 
 

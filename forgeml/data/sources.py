@@ -96,7 +96,7 @@ def _error(message: str) -> DataError:
 
 
 def _no_rows(name: str, expected: str) -> DataError:
-    return _error(f"{name} has no data rows; expected {expected}")
+    return _error(f"{name} has no data rows; expected {expected}; add rows or pass another file")
 
 
 def _object_array(values: Any) -> np.ndarray:

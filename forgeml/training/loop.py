@@ -56,11 +56,13 @@ def fit(
     callbacks: Sequence[Any] = (),
     console: Console | None = None,
     quiet: bool = False,
+    target_scale: tuple[float, float] | None = None,
 ) -> FitResult:
     """Train `model` in place until a convergence rule fires; returns what happened.
 
     The data order comes from its own generator seeded with `seed` (epoch e's order is the e-th
     `torch.randperm` of it), so a plain PyTorch loop with the same seed sees the same batches.
+    `target_scale` is a regression target's (mean, std): see `evaluate`.
     """
     console = console or Console()
     device = next(model.parameters()).device
@@ -104,7 +106,16 @@ def fit(
                 with autocast(precision, device):
                     outputs = model(inputs)  # (B, out_dim)
                 loss = loss_fn(outputs.float(), target)
-                (loss / accum if accum > 1 else loss).backward()
+                if accum > 1:
+                    # Weight each micro-batch by its share of the rows of this optimizer step:
+                    # the step then sees the gradient of the mean over all of them, as one big
+                    # batch would, also for a short last group or a short last micro-batch.
+                    first = batch - batch % accum
+                    last = min(first + accum, batches_per_epoch)
+                    rows = min(last * batch_size, num_rows) - first * batch_size
+                    (loss * (len(index) / rows)).backward()
+                else:
+                    loss.backward()
                 loss_sum += loss.detach() * len(index)
                 seen += len(index)
                 progress.advance()
@@ -139,6 +150,7 @@ def fit(
                     class_names=class_names,
                     batch_size=cfg.eval_batch_size or 4 * batch_size,
                     precision=precision,
+                    target_scale=target_scale,
                 )
                 rows.append(_row(step, epoch, "val", scalar_metrics(val_metrics), lr, None))
             history.extend(rows)
@@ -208,14 +220,23 @@ def evaluate(
     class_names: list[str] | None = None,
     batch_size: int = 256,
     precision: str = "fp32",
+    target_scale: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """Streaming metrics and mean loss of `model` on labelled `data`."""
+    """Streaming metrics and mean loss of `model` on labelled `data`.
+
+    `target_scale`: the (mean, std) a regression target was standardised with. The loss stays
+    on the standardised scale it is trained on; mae/mse/rmse are reported in the target's units.
+    """
     device = next(model.parameters()).device
     metrics = MetricSet(task, class_names=class_names, device=device)
     loss_sum, count = torch.zeros((), device=device), 0
     for outputs, target in forward_batches(model, data, batch_size=batch_size, precision=precision):
         loss_sum += loss_fn(outputs, target) * len(target)
         count += len(target)
+        if target_scale is not None:
+            mean, std = target_scale
+            wide = torch.float32 if device.type == "mps" else torch.float64  # MPS: no float64
+            outputs, target = outputs.to(wide) * std + mean, target.to(wide) * std + mean
         metrics.update(outputs, target)
     return {"loss": (loss_sum / max(count, 1)).item(), **metrics.compute()}
 

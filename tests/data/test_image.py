@@ -43,7 +43,9 @@ def test_unreadable_image_names_the_path(tmp_path):
         load_image(str(missing), ref="data.csv, line 4")
     message = str(excinfo.value)
     assert message.startswith(f"data.csv, line 4: cannot read image '{missing}': ")
-    assert message.endswith("; expected a PNG or JPEG file")
+    assert message.endswith(
+        "; expected a PNG or JPEG file; replace or remove the file, or fix the path"
+    )
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     with pytest.raises(DataError, match=r"line 5: cannot read image '.*broken\.png'"):
