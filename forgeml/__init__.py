@@ -38,12 +38,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'forgeml' has no attribute {name!r}")
 
 
-def evaluate(run_dir: Any, data: Any = None) -> dict[str, Any]:
+def evaluate(run_dir: Any, data: Any = None, *, module: Any = None) -> dict[str, Any]:
     """Metrics of a saved run on labelled data (a path, records or a Table); by default on the
-    run's own held-out test split."""
+    run's own held-out test split. `module`: a fresh instance, for runs of your own nn.Module."""
     from forgeml.cli import evaluate_run
 
-    return evaluate_run(run_dir, data)
+    return evaluate_run(run_dir, data, module)
 
 
 def predict(run_dir: Any, inputs: Any) -> list[dict[str, Any]]:

@@ -101,13 +101,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_run(run_dir: str | Path, data: Any = None) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, data: Any = None, module: Any = None) -> dict[str, Any]:
     """Metrics of a saved run on `data`, or on its own held-out split when `data` is None."""
     from forgeml.api import load_splits
     from forgeml.predict import Predictor
 
-    predictor = Predictor(run_dir)
+    predictor = Predictor(run_dir, module=module)
     if data is None:
+        if predictor.config.data.source.startswith("python:"):
+            raise ForgeError(
+                f"{run_dir} was trained from Python objects, so it has no data file to re-split; "
+                "pass labelled data: forgeml evaluate RUN_DIR --data FILE"
+            )
         tables = load_splits(predictor.config.data, predictor.config.seed)
         split = "test" if "test" in tables else ("val" if "val" in tables else "train")
         data = tables[split]

@@ -50,8 +50,9 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    # Set both ways: a deterministic run must not leave the mode on for later runs in-process.
+    torch.use_deterministic_algorithms(deterministic)
     if deterministic:
         # cuBLAS needs this to be deterministic; harmless on CPU.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False

@@ -203,7 +203,7 @@ def write_yaml(path: Path, *, source: str, model: dict, train: dict, target: str
 
 
 @dataclass
-class CLI:
+class CliRuns:
     root: Path
     truths: dict[str, Any]
     done: dict[str, Done]
@@ -216,7 +216,7 @@ class CLI:
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory: pytest.TempPathFactory) -> CLI:
+def cli_runs(tmp_path_factory: pytest.TempPathFactory) -> CliRuns:
     root = tmp_path_factory.mktemp("cli")
     truths = prepare_files(root)
     done = run_all(
@@ -265,7 +265,7 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> CLI:
         },
         root,
     )
-    return CLI(root, truths, done)
+    return CliRuns(root, truths, done)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -280,9 +280,9 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------- digits CNN
 
 
-def test_digits_run_directory_holds_exactly_the_design_files(cli: CLI) -> None:
-    cli.done["train_digits"].check()
-    run_dir = cli.run_dir("digits-cnn")
+def test_digits_run_directory_holds_exactly_the_design_files(cli_runs: CliRuns) -> None:
+    cli_runs.done["train_digits"].check()
+    run_dir = cli_runs.run_dir("digits-cnn")
     assert {p.name for p in run_dir.iterdir()} == RUN_FILES
     assert [p.name for p in (run_dir / "preprocess").iterdir()] == ["features.json"]
     for name in RUN_FILES - {"preprocess"}:
@@ -291,9 +291,9 @@ def test_digits_run_directory_holds_exactly_the_design_files(cli: CLI) -> None:
     assert "digits-cnn" in (run_dir / "card.md").read_text()
 
 
-def test_digits_config_yaml_has_every_default_filled(cli: CLI) -> None:
-    cli.done["train_digits"].check()
-    written = yaml.safe_load((cli.run_dir("digits-cnn") / "config.yaml").read_text())
+def test_digits_config_yaml_has_every_default_filled(cli_runs: CliRuns) -> None:
+    cli_runs.done["train_digits"].check()
+    written = yaml.safe_load((cli_runs.run_dir("digits-cnn") / "config.yaml").read_text())
     resolved = load_config(written)
     assert resolved.to_dict() == written  # nothing left for a default to fill
     assert set(written) == set(Config.model_fields)
@@ -309,21 +309,23 @@ def test_digits_config_yaml_has_every_default_filled(cli: CLI) -> None:
     }
     assert written["model"]["kernel_size"] == 3  # a cnn default the YAML leaves out
     assert written["output"] == {"dir": "runs", "name": "digits-cnn", "overwrite": False}
-    manifest = json.loads((cli.run_dir("digits-cnn") / "forgeml.json").read_text())
+    manifest = json.loads((cli_runs.run_dir("digits-cnn") / "forgeml.json").read_text())
     assert manifest["config_sha256"] == resolved.digest()
 
 
-def test_digits_metrics_and_history(cli: CLI) -> None:
-    cli.done["train_digits"].check()
-    metrics = cli.metrics("digits-cnn")
+def test_digits_metrics_and_history(cli_runs: CliRuns) -> None:
+    cli_runs.done["train_digits"].check()
+    metrics = cli_runs.metrics("digits-cnn")
     assert metrics["test"]["accuracy"] >= 0.9
     assert metrics["stop_reason"] == "max_epochs" and metrics["epochs"] == 3
-    sizes = json.loads((cli.run_dir("digits-cnn") / "forgeml.json").read_text())["data_summary"]
+    sizes = json.loads((cli_runs.run_dir("digits-cnn") / "forgeml.json").read_text())[
+        "data_summary"
+    ]
     assert metrics["steps"] == 3 * -(-sizes["train"] // 32)  # batch_size 32, 3 epochs
     assert len(metrics["test"]["confusion_matrix"]) == 10
     assert sum(map(sum, metrics["test"]["confusion_matrix"])) == sizes["test"]
 
-    history = read_jsonl(cli.run_dir("digits-cnn") / "history.jsonl")
+    history = read_jsonl(cli_runs.run_dir("digits-cnn") / "history.jsonl")
     assert [(r["epoch"], r["split"]) for r in history] == [
         (e, s) for e in (1, 2, 3) for s in ("train", "val")
     ]
@@ -333,9 +335,9 @@ def test_digits_metrics_and_history(cli: CLI) -> None:
     assert history[-1]["metrics"]["accuracy"] >= 0.9  # val accuracy of the last epoch
 
 
-def test_digits_manifest(cli: CLI) -> None:
-    cli.done["train_digits"].check()
-    run_dir = cli.run_dir("digits-cnn")
+def test_digits_manifest(cli_runs: CliRuns) -> None:
+    cli_runs.done["train_digits"].check()
+    run_dir = cli_runs.run_dir("digits-cnn")
     manifest = json.loads((run_dir / "forgeml.json").read_text())
     assert manifest["task"] == "multiclass" and manifest["model"] == "cnn"
     assert manifest["weights_sha256"] == sha256_file(run_dir / "model.safetensors")
@@ -348,39 +350,39 @@ def test_digits_manifest(cli: CLI) -> None:
     assert abs(sizes["test"] - 0.2 * 1797) <= 1 and abs(sizes["val"] - 0.1 * 1797) <= 1
 
 
-def test_predict_a_folder_of_pngs_to_csv(cli: CLI) -> None:
-    cli.done["predict_folder"].check()
-    rows = read_csv_rows(cli.root / "folder.csv")
+def test_predict_a_folder_of_pngs_to_csv(cli_runs: CliRuns) -> None:
+    cli_runs.done["predict_folder"].check()
+    rows = read_csv_rows(cli_runs.root / "folder.csv")
     assert len(rows) == 40
     assert list(rows[0]) == ["image", "prediction"] + [f"probability_{c}" for c in range(10)]
     assert [Path(r["image"]).name for r in rows] == [f"digit_{i:02d}.png" for i in range(40)]
     predicted = [int(r["prediction"]) for r in rows]
-    accuracy = np.mean(np.array(predicted) == np.array(cli.truths["digit_labels"]))
+    accuracy = np.mean(np.array(predicted) == np.array(cli_runs.truths["digit_labels"]))
     assert accuracy >= 0.9
     for row in rows:
         probabilities = [float(row[f"probability_{c}"]) for c in range(10)]
         assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)  # 6 decimals each
         assert int(row["prediction"]) == int(np.argmax(probabilities))
     # A PNG file predicts as the same pixels given as an array.
-    predictor = forgeml.load(cli.run_dir("digits-cnn"))
-    in_memory = predictor.predict([{"image": a} for a in cli.truths["digit_test_images"]])
+    predictor = forgeml.load(cli_runs.run_dir("digits-cnn"))
+    in_memory = predictor.predict([{"image": a} for a in cli_runs.truths["digit_test_images"]])
     assert [r["prediction"] for r in in_memory] == predicted
-    assert "wrote 40 predictions" in cli.done["predict_folder"].stderr
+    assert "wrote 40 predictions" in cli_runs.done["predict_folder"].stderr
 
 
-def test_predict_a_single_png_to_jsonl(cli: CLI) -> None:
-    cli.done["predict_single"].check()
-    (row,) = read_jsonl(cli.root / "single.jsonl")
+def test_predict_a_single_png_to_jsonl(cli_runs: CliRuns) -> None:
+    cli_runs.done["predict_single"].check()
+    (row,) = read_jsonl(cli_runs.root / "single.jsonl")
     assert Path(row["image"]).name == "digit_00.png"
-    assert row["prediction"] == cli.truths["digit_labels"][0]
+    assert row["prediction"] == cli_runs.truths["digit_labels"][0]
     assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     assert list(row["probabilities"]) == [str(c) for c in range(10)]
 
 
-def test_evaluate_without_data_reproduces_the_test_metrics(cli: CLI) -> None:
-    done = cli.done["evaluate"].check()
-    evaluation = json.loads((cli.root / "evaluation.json").read_text())
-    expected = cli.metrics("digits-cnn")["test"]
+def test_evaluate_without_data_reproduces_the_test_metrics(cli_runs: CliRuns) -> None:
+    done = cli_runs.done["evaluate"].check()
+    evaluation = json.loads((cli_runs.root / "evaluation.json").read_text())
+    expected = cli_runs.metrics("digits-cnn")["test"]
     assert evaluation["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
     assert evaluation["f1_macro"] == pytest.approx(expected["f1_macro"], abs=1e-12)
     assert evaluation["confusion_matrix"] == expected["confusion_matrix"]
@@ -388,35 +390,35 @@ def test_evaluate_without_data_reproduces_the_test_metrics(cli: CLI) -> None:
     assert "accuracy" in done.stdout  # the summary table
 
 
-def test_validate_prints_ok(cli: CLI) -> None:
-    done = cli.done["validate"].check()
+def test_validate_prints_ok(cli_runs: CliRuns) -> None:
+    done = cli_runs.done["validate"].check()
     assert done.stdout.startswith("ok:") or "\nok:" in done.stdout
     assert "task multiclass" in done.stdout and "model cnn" in done.stdout
-    assert not (cli.root / "runs" / "checked").exists()  # validating trains and writes nothing
+    assert not (cli_runs.root / "runs" / "checked").exists()  # validating trains and writes nothing
 
 
 # --------------------------------------------------------------------------- other sources
 
 
-def test_csv_with_numeric_and_category_columns_and_a_string_target(cli: CLI) -> None:
-    done = cli.done["train_tabular"].check()
+def test_csv_with_numeric_and_category_columns_and_a_string_target(cli_runs: CliRuns) -> None:
+    done = cli_runs.done["train_tabular"].check()
     assert "color category (3 values" in done.stdout  # not --quiet: the inferred column types
-    metrics = cli.metrics("tabular")
+    metrics = cli_runs.metrics("tabular")
     assert metrics["test"]["accuracy"] >= 0.85
-    manifest = json.loads((cli.run_dir("tabular") / "forgeml.json").read_text())
+    manifest = json.loads((cli_runs.run_dir("tabular") / "forgeml.json").read_text())
     assert manifest["task"] == "binary"
     assert manifest["output_schema"]["classes"] == ["no", "yes"]
     assert [c["type"] for c in manifest["input_schema"]] == ["numeric", "numeric", "category"]
 
-    cli.done["predict_tabular"].check()
-    rows = read_csv_rows(cli.root / "tabular_predictions.csv")
+    cli_runs.done["predict_tabular"].check()
+    rows = read_csv_rows(cli_runs.root / "tabular_predictions.csv")
     assert list(rows[0]) == ["prediction", "probability_no", "probability_yes"]
     predicted = [r["prediction"] for r in rows]
-    truth = cli.truths["tabular"]
+    truth = cli_runs.truths["tabular"]
     assert np.mean(np.array(predicted) == np.array(truth)) >= 0.85  # on 200 unseen rows
     # The CLI and the Python API give the same probabilities for the same rows.
-    unlabelled = read_csv_rows(cli.root / "tabular_unlabelled.csv")
-    in_process = forgeml.load(cli.run_dir("tabular")).predict(unlabelled)
+    unlabelled = read_csv_rows(cli_runs.root / "tabular_unlabelled.csv")
+    in_process = forgeml.load(cli_runs.run_dir("tabular")).predict(unlabelled)
     assert [r["prediction"] for r in in_process] == predicted
     for cli_row, api_row in zip(rows, in_process, strict=True):
         assert float(cli_row["probability_yes"]) == pytest.approx(
@@ -424,17 +426,17 @@ def test_csv_with_numeric_and_category_columns_and_a_string_target(cli: CLI) -> 
         )
 
 
-def test_regression_csv_predicts_in_the_target_units(cli: CLI) -> None:
-    cli.done["train_regression"].check()
-    metrics = cli.metrics("regression")
+def test_regression_csv_predicts_in_the_target_units(cli_runs: CliRuns) -> None:
+    cli_runs.done["train_regression"].check()
+    metrics = cli_runs.metrics("regression")
     assert metrics["test"]["r2"] > 0.8
     # Errors are reported in the target's units (y has std ~30): not the standardised scale.
     assert 0.5 < metrics["test"]["rmse"] < 10
 
-    cli.done["predict_regression"].check()
-    rows = read_jsonl(cli.root / "regression_predictions.jsonl")
+    cli_runs.done["predict_regression"].check()
+    rows = read_jsonl(cli_runs.root / "regression_predictions.jsonl")
     predicted = np.array([r["prediction"] for r in rows])
-    truth = np.asarray(cli.truths["regression"])
+    truth = np.asarray(cli_runs.truths["regression"])
     assert len(predicted) == len(truth) == 200
     r2 = 1 - np.sum((predicted - truth) ** 2) / np.sum((truth - truth.mean()) ** 2)
     assert r2 > 0.8
@@ -442,11 +444,11 @@ def test_regression_csv_predicts_in_the_target_units(cli: CLI) -> None:
     assert np.abs(predicted - truth).mean() < 0.3 * truth.std()
 
 
-def test_jsonl_source(cli: CLI) -> None:
-    cli.done["train_jsonl"].check()
-    metrics = cli.metrics("jsonl")
+def test_jsonl_source(cli_runs: CliRuns) -> None:
+    cli_runs.done["train_jsonl"].check()
+    metrics = cli_runs.metrics("jsonl")
     assert metrics["test"]["accuracy"] >= 0.9
-    manifest = json.loads((cli.run_dir("jsonl") / "forgeml.json").read_text())
+    manifest = json.loads((cli_runs.run_dir("jsonl") / "forgeml.json").read_text())
     assert manifest["output_schema"] == {
         "name": "species",
         "task": "multiclass",
@@ -455,19 +457,19 @@ def test_jsonl_source(cli: CLI) -> None:
     assert [c["name"] for c in manifest["input_schema"]] == ["f0", "f1", "f2", "f3"]
     losses = [
         r["metrics"]["loss"]
-        for r in read_jsonl(cli.run_dir("jsonl") / "history.jsonl")
+        for r in read_jsonl(cli_runs.run_dir("jsonl") / "history.jsonl")
         if r["split"] == "train"
     ]
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_image_folder_source(cli: CLI) -> None:
-    cli.done["train_squares"].check()
-    metrics = cli.metrics("squares")
+def test_image_folder_source(cli_runs: CliRuns) -> None:
+    cli_runs.done["train_squares"].check()
+    metrics = cli_runs.metrics("squares")
     assert metrics["test"]["accuracy"] >= 0.9
     assert metrics["val"]["accuracy"] >= 0.9
-    manifest = json.loads((cli.run_dir("squares") / "forgeml.json").read_text())
+    manifest = json.loads((cli_runs.run_dir("squares") / "forgeml.json").read_text())
     assert manifest["output_schema"]["classes"] == ["bright", "dark"]
     assert manifest["input_schema"][0]["type"] == "image"
     assert (manifest["input_schema"][0]["height"], manifest["input_schema"][0]["width"]) == (10, 10)
-    assert {p.name for p in cli.run_dir("squares").iterdir()} == RUN_FILES
+    assert {p.name for p in cli_runs.run_dir("squares").iterdir()} == RUN_FILES
