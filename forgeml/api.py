@@ -27,9 +27,11 @@ from forgeml.data.table import Table
 from forgeml.errors import DataError
 from forgeml.evaluate.report import plot_confusion, plot_history, write_card
 from forgeml.models.registry import build_model, count_parameters
+from forgeml.training.checkpoint import Checkpointer
 from forgeml.training.loop import FitResult, evaluate, fit
 from forgeml.training.optim import build_loss
 from forgeml.training.progress import summary_table
+from forgeml.training.resume import checkpointer_for, open_run
 from forgeml.training.runtime import pick_device, seed_everything
 
 
@@ -110,6 +112,7 @@ def train(
     console: Console | None = None,
     quiet: bool = False,
     callbacks: Sequence[Any] = (),
+    resume: bool | str | Path | None = None,
 ) -> Run:
     """Train a model from a config and write its run directory.
 
@@ -121,6 +124,7 @@ def train(
         console: where progress and summaries go (a rich Console); default stdout.
         quiet: no progress output.
         callbacks: objects with any of on_epoch_end / on_eval_end / on_train_end.
+        resume: True to continue from the run's newest valid checkpoint, or a checkpoint path.
 
     Returns:
         The finished `Run`.
@@ -143,6 +147,7 @@ def train(
         callbacks=callbacks,
         # A user module is not buildable from config.yaml: loading needs module=... (as Model).
         custom_model="custom" if module is not None else None,
+        resume=resume,
     )
 
 
@@ -168,11 +173,11 @@ def fit_and_save(
     quiet: bool = False,
     callbacks: Sequence[Any] = (),
     custom_model: str | None = None,
+    resume: bool | str | Path | None = None,
 ) -> Run:
     """Run the loop on prepared data, evaluate every split, and write the run directory."""
     cfg = prepared.config
-    run_dir = RunDir(Path(cfg.output.dir) / (cfg.output.name or "run"))
-    run_dir.prepare(overwrite=cfg.output.overwrite)
+    run_dir, checkpoint = open_run(cfg, resume, log)
     run_dir.write_text("config.yaml", cfg.to_yaml())
     prepared.preprocessor.save(run_dir.path / "preprocess")
     log(
@@ -186,6 +191,8 @@ def fit_and_save(
         console=console,
         quiet=quiet,
         callbacks=[_HistoryWriter(run_dir), *callbacks],
+        checkpointer=checkpointer_for(run_dir, cfg),
+        resume=checkpoint,
     )
     log(
         f"stopped after {result.epochs} epochs ({result.steps} steps): {result.stop_reason}; "
@@ -207,6 +214,8 @@ def fit_prepared(
     console: Console,
     quiet: bool = False,
     callbacks: Sequence[Any] = (),
+    checkpointer: Checkpointer | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> tuple[FitResult, Callable]:
     """The loss from the task and config, then the one training loop."""
     cfg, pre = prepared.config, prepared.preprocessor
@@ -230,6 +239,8 @@ def fit_prepared(
         console=console,
         quiet=quiet,
         target_scale=target_scale(pre),
+        checkpointer=checkpointer,
+        resume=resume,
     )
     return result, loss_fn
 
@@ -280,6 +291,7 @@ def save_run(
             "stop_reason": result.stop_reason,
             "epochs": result.epochs,
             "steps": result.steps,
+            "skipped_steps": result.skipped_steps,
             "precision": result.precision,
             "best": result.best,
         },

@@ -37,6 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.max_epochs=5")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue the run from its newest valid checkpoint, or from CHECKPOINT",
+    )
 
     p = sub.add_parser("validate", help="check a config and its data without training")
     p.add_argument("config")
@@ -76,8 +84,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from forgeml.api import train
+    from forgeml.training.loop import Interrupted
 
-    train(args.config, args.overrides, quiet=args.quiet)
+    resume = args.resume
+    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+        args.overrides.append(resume)  # `--resume a.b=1`: an override, not a checkpoint path
+        resume = True
+    try:
+        train(args.config, args.overrides, quiet=args.quiet, resume=resume)
+    except Interrupted as exc:
+        # Name the actual config in the how-to-resume hint.
+        raise Interrupted(str(exc).replace("CONFIG", args.config), exc.exit_code - 128) from None
     return 0
 
 

@@ -70,6 +70,10 @@ class DataConfig(Strict):
     delimiter: str | None = None  # CSV/TSV: None picks from the extension
     split: SplitConfig = Field(default_factory=SplitConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)
+    # Bad rows (unparsable, wrong field count, bad value, unreadable image): fail naming the
+    # file/line/column, or skip and count them, failing once more than max_bad_fraction are bad.
+    on_bad_rows: Literal["error", "skip"] = "error"
+    max_bad_fraction: float = Field(0.01, ge=0, le=1)
 
 
 class OptimizerConfig(Strict):
@@ -107,6 +111,15 @@ class EarlyStoppingConfig(Strict):
     restore_best: bool = True
 
 
+class CheckpointConfig(Strict):
+    """Resumable training state under runs/NAME/checkpoints/, written atomically."""
+
+    every_steps: int | None = Field(None, ge=1)  # also mid-epoch, after an optimizer step
+    every_epochs: int | None = Field(1, ge=1)  # at the end of every N-th epoch
+    keep_last: int = Field(2, ge=2)  # an old checkpoint goes only after a new one is committed
+    keep_best: bool = True  # keep the checkpoint with the best early-stopping monitor value
+
+
 class TrainConfig(Strict):
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)  # None: 4 x batch_size
@@ -122,6 +135,11 @@ class TrainConfig(Strict):
     early_stopping: EarlyStoppingConfig | None = None
     stop_at_loss: float | None = None  # stop once the epoch's mean train loss is <= this
     log_every_steps: int = Field(50, ge=1)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    # A non-finite loss or gradient: stop (naming the step and the last good checkpoint) or
+    # skip the batch, failing once more than max_skipped_fraction of the steps were skipped.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_skipped_fraction: float = Field(0.01, ge=0, le=1)
 
 
 class OutputConfig(Strict):

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,8 +25,9 @@ from torch import Tensor, nn
 
 from forgeml.config import TrainConfig
 from forgeml.data.loader import TensorData
-from forgeml.errors import ConfigError
+from forgeml.errors import ConfigError, ForgeError
 from forgeml.evaluate.metrics import MetricSet, metric_mode, scalar_metrics
+from forgeml.training.checkpoint import Checkpointer, capture_rng, restore_rng
 from forgeml.training.optim import build_optimizer, build_scheduler
 from forgeml.training.progress import TrainingProgress
 from forgeml.training.runtime import autocast, resolve_precision
@@ -40,6 +44,35 @@ class FitResult:
     steps: int  # optimizer steps taken
     precision: str  # fp32 | bf16, as resolved
     best: dict[str, Any] = field(default_factory=dict)  # early stopping: monitor, value, epoch
+    skipped_steps: int = 0  # on_nonfinite=skip: optimizer steps skipped
+
+
+class Interrupted(ForgeError):
+    """SIGINT/SIGTERM: the current step finished and a checkpoint was written."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as shells report
+
+
+class NonFiniteError(ForgeError):
+    """A non-finite loss or gradient under on_nonfinite=stop (or too many under skip)."""
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: everything besides model/optimizer/RNG a checkpoint must hold."""
+
+    epoch: int = 1  # the epoch in progress (1-based)
+    batch: int = 0  # the next batch of that epoch
+    step: int = 0  # optimizer steps taken
+    seen: int = 0  # rows seen in this epoch
+    skipped: int = 0  # optimizer steps skipped for non-finite values
+    stop_reason: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_value: float | None = None
+    best_epoch: int = 0
+    evals_without_gain: int = 0
 
 
 def fit(
@@ -57,12 +90,16 @@ def fit(
     console: Console | None = None,
     quiet: bool = False,
     target_scale: tuple[float, float] | None = None,
+    checkpointer: Checkpointer | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train `model` in place until a convergence rule fires; returns what happened.
 
     The data order comes from its own generator seeded with `seed` (epoch e's order is the e-th
     `torch.randperm` of it), so a plain PyTorch loop with the same seed sees the same batches.
-    `target_scale` is a regression target's (mean, std): see `evaluate`.
+    `target_scale` is a regression target's (mean, std): see `evaluate`. With a `checkpointer`
+    the loop writes checkpoints per `cfg.checkpoint`; `resume` (a loaded checkpoint) continues
+    exactly where it was written: same batches, same RNG draws, same weights.
     """
     console = console or Console()
     device = next(model.parameters()).device
@@ -81,24 +118,72 @@ def fit(
     )
     order = torch.Generator().manual_seed(seed)  # data order, independent of model init/dropout
     augment_rng = torch.Generator().manual_seed(seed + 1)
-
     early = cfg.early_stopping
     monitor, mode = _monitor(early, has_val=val is not None)
-    best_value, best_state, best_epoch, evals_without_gain = None, None, 0, 0
+    state, best_state = LoopState(), None
+    loss_sum = torch.zeros((), device=device)  # summed on device: no sync per batch
+    epoch_order = order.get_state()  # generator state before this epoch's randperm
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        state = LoopState(**resume["trainer"]["loop"])
+        tensors = resume["tensors"]
+        epoch_order = tensors["epoch_order"]
+        augment_rng.set_state(tensors["augment_rng"])
+        loss_sum = tensors["loss_sum"].to(device)
+        restore_rng(
+            {**resume["trainer"]["rng"], "torch": tensors["torch_rng"], "cuda": tensors["cuda_rng"]}
+        )
+        best_state = resume["best_model"]
+        if best_state is None and state.batch == 0 and state.best_epoch == state.epoch - 1:
+            best_state = copy.deepcopy(model.state_dict())  # the checkpoint's weights are best
+        if state.stop_reason in ("max_epochs", "max_steps"):
+            state.stop_reason = None  # the limits may have been raised for this resume
+
+    def save_checkpoint(is_best: bool = False) -> Path | None:
+        if checkpointer is None:
+            return None
+        rng = capture_rng()
+        # At an epoch end whose evaluation was the best, the model weights are the best ones.
+        current_is_best = state.batch == 0 and state.best_epoch == state.epoch - 1
+        return checkpointer.save(
+            step=state.step,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            trainer={"loop": asdict(state), "rng": {k: rng[k] for k in ("python", "numpy")}},
+            tensors={
+                "epoch_order": epoch_order,
+                "augment_rng": augment_rng.get_state(),
+                "loss_sum": loss_sum.detach().cpu(),
+                "torch_rng": rng["torch"],
+                "cuda_rng": rng["cuda"],
+            },
+            best_model=best_state if best_state is not None and not current_is_best else None,
+            is_best=is_best,
+        )
 
     progress = TrainingProgress(
         console, max_epochs=cfg.max_epochs, batches_per_epoch=batches_per_epoch, quiet=quiet
     )
-    history: list[dict[str, Any]] = []
-    step, epoch, stop_reason = 0, 0, "max_epochs"
+    every_steps = cfg.checkpoint.every_steps if checkpointer else None
+    every_epochs = cfg.checkpoint.every_epochs if checkpointer else None
+    signals = _SignalFlag()
     try:
-        for epoch in range(1, cfg.max_epochs + 1):
+        while state.stop_reason is None and state.epoch <= cfg.max_epochs:
+            if state.step >= total_steps and state.batch == 0:
+                state.stop_reason = "max_steps"  # resumed exactly at the step limit
+                break
             model.train()
             started = time.perf_counter()
+            order.set_state(epoch_order)
             permutation = torch.randperm(num_rows, generator=order).to(device)
-            loss_sum = torch.zeros((), device=device)  # summed on device: no sync per batch
-            seen = 0
-            for batch in range(batches_per_epoch):
+            group_loss = torch.zeros((), device=device)  # this optimizer step's summed loss
+            group_rows = 0
+            for batch in range(state.batch, batches_per_epoch):
+                if state.step >= total_steps:
+                    break
                 index = permutation[batch * batch_size : (batch + 1) * batch_size]
                 inputs, target = train.batch(index)
                 if augment is not None:
@@ -116,31 +201,56 @@ def fit(
                     (loss * (len(index) / rows)).backward()
                 else:
                     loss.backward()
-                loss_sum += loss.detach() * len(index)
-                seen += len(index)
+                group_loss += loss.detach() * len(index)
+                group_rows += len(index)
                 progress.advance()
 
                 if (batch + 1) % accum and batch + 1 != batches_per_epoch:
                     continue  # accumulate more micro-batches before stepping
+                params = [p for p in model.parameters() if p.grad is not None]
                 if cfg.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+                    grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                else:
+                    grad_norm = nn.utils.get_total_norm([p.grad for p in params])
+                # One host sync per optimizer step: a NaN must never reach the weights.
+                if not bool(torch.isfinite(grad_norm + group_loss)):
+                    _nonfinite(
+                        cfg,
+                        state,
+                        epoch=state.epoch,
+                        batch=batch,
+                        total_steps=total_steps,
+                        checkpointer=checkpointer,
+                    )
+                    optimizer.zero_grad(set_to_none=True)
+                    state.skipped += 1
+                else:
+                    optimizer.step()
+                    loss_sum += group_loss
+                    state.seen += group_rows
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if step % cfg.log_every_steps == 0:
-                    rate = seen / (time.perf_counter() - started)
+                group_loss, group_rows = torch.zeros((), device=device), 0
+                state.step += 1
+                state.batch = batch + 1
+                if state.step % cfg.log_every_steps == 0:
+                    rate = state.seen / max(time.perf_counter() - started, 1e-9)
                     progress.log_step(
-                        epoch=epoch, batch=batch + 1, loss=loss.item(), samples_per_s=rate
+                        epoch=state.epoch, batch=batch + 1, loss=loss.item(), samples_per_s=rate
                     )
-                if step >= total_steps:
-                    break
+                if every_steps and state.step % every_steps == 0:
+                    save_checkpoint()
+                if signals.caught:
+                    raise _interrupted(signals.caught, state, save_checkpoint())
 
             # ---- end of epoch: evaluate, record, check convergence
-            elapsed = time.perf_counter() - started
-            train_loss = (loss_sum / max(seen, 1)).item()
+            epoch = state.epoch
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            train_loss = (loss_sum / max(state.seen, 1)).item()
             lr = optimizer.param_groups[0]["lr"]
-            rows = [_row(step, epoch, "train", {"loss": train_loss}, lr, seen / elapsed)]
+            rows = [
+                _row(state.step, epoch, "train", {"loss": train_loss}, lr, state.seen / elapsed)
+            ]
             if val is not None:
                 val_metrics = evaluate(
                     model,
@@ -152,14 +262,15 @@ def fit(
                     precision=precision,
                     target_scale=target_scale,
                 )
-                rows.append(_row(step, epoch, "val", scalar_metrics(val_metrics), lr, None))
-            history.extend(rows)
+                rows.append(_row(state.step, epoch, "val", scalar_metrics(val_metrics), lr, None))
+            state.history.extend(rows)
             shown = {f"{r['split']}_{k}": v for r in rows for k, v in r["metrics"].items()}
-            progress.end_epoch(epoch, _headline(shown), seen / elapsed)
+            progress.end_epoch(epoch, _headline(shown), state.seen / elapsed)
             for row in rows:
                 _emit(callbacks, "on_eval_end", row)
             _emit(callbacks, "on_epoch_end", rows[0])
 
+            improved = False
             if monitor is not None:
                 if monitor not in shown:
                     raise ConfigError(
@@ -167,31 +278,49 @@ def fit(
                         f"expected one of: {', '.join(sorted(shown))}"
                     )
                 value = shown[monitor]
-                if _improved(value, best_value, mode, early.min_delta):
-                    best_value, best_epoch, evals_without_gain = value, epoch, 0
+                if _improved(value, state.best_value, mode, early.min_delta):
+                    state.best_value, state.best_epoch, state.evals_without_gain = value, epoch, 0
+                    improved = True
                     if early.restore_best:
                         best_state = copy.deepcopy(model.state_dict())
                 else:
-                    evals_without_gain += 1
-                    if evals_without_gain >= early.patience:
-                        stop_reason = "early_stopping"
-                        break
+                    state.evals_without_gain += 1
+                    if state.evals_without_gain >= early.patience:
+                        state.stop_reason = "early_stopping"
             if cfg.stop_at_loss is not None and train_loss <= cfg.stop_at_loss:
-                stop_reason = "loss_threshold"
-                break
-            if cfg.max_steps is not None and step >= cfg.max_steps:
-                stop_reason = "max_steps"
-                break
+                state.stop_reason = state.stop_reason or "loss_threshold"
+            if cfg.max_steps is not None and state.step >= cfg.max_steps:
+                state.stop_reason = state.stop_reason or "max_steps"
+            if state.stop_reason is None and epoch == cfg.max_epochs:
+                state.stop_reason = "max_epochs"
+            # Move to the next epoch before saving, so a resume starts there.
+            state.epoch, state.batch, state.seen = epoch + 1, 0, 0
+            loss_sum = torch.zeros((), device=device)
+            epoch_order = order.get_state()
+            if every_epochs and (epoch % every_epochs == 0 or state.stop_reason):
+                save_checkpoint(is_best=improved)
+            if signals.caught:
+                raise _interrupted(signals.caught, state, save_checkpoint())
     finally:
+        signals.restore()
         progress.close()
 
+    epochs = state.epoch - 1
     best: dict[str, Any] = {}
-    if monitor is not None and best_value is not None:
-        best = {"monitor": monitor, "value": best_value, "epoch": best_epoch}
-        if best_state is not None and best_epoch != epoch:
+    if monitor is not None and state.best_value is not None:
+        best = {"monitor": monitor, "value": state.best_value, "epoch": state.best_epoch}
+        if best_state is not None and state.best_epoch != epochs:
             model.load_state_dict(best_state)  # restore the best weights, as Keras does
             best["restored"] = True
-    result = FitResult(history, stop_reason, epoch, step, precision, best)
+    result = FitResult(
+        state.history,
+        state.stop_reason or "max_epochs",
+        epochs,
+        state.step,
+        precision,
+        best,
+        state.skipped,
+    )
     _emit(callbacks, "on_train_end", result)
     return result
 
@@ -242,6 +371,77 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+class _SignalFlag:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and stops.
+
+    A second signal while the first is handled falls back to the default behaviour.
+    """
+
+    def __init__(self) -> None:
+        self.caught: int | None = None
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.caught is not None:
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        self.caught = signum
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+def _interrupted(signum: int, state: LoopState, checkpoint: Path | None) -> Interrupted:
+    name = signal.Signals(signum).name
+    where = f"step {state.step} (epoch {state.epoch}, batch {state.batch})"
+    if checkpoint is None:
+        return Interrupted(
+            f"stopped by {name} after {where}; no checkpoint was written "
+            "(checkpoints are off); train again to start over",
+            signum,
+        )
+    return Interrupted(
+        f"stopped by {name} after {where}; checkpoint written to {checkpoint}; "
+        "continue with: forgeml train CONFIG --resume",
+        signum,
+    )
+
+
+def _nonfinite(
+    cfg: TrainConfig,
+    state: LoopState,
+    *,
+    epoch: int,
+    batch: int,
+    total_steps: int,
+    checkpointer: Checkpointer | None,
+) -> None:
+    """Raise under on_nonfinite=stop, or when skipping has gone past its allowed fraction."""
+    where = f"step {state.step + 1} (epoch {epoch}, batch {batch + 1})"
+    last = checkpointer.committed()[0] if checkpointer and checkpointer.committed() else None
+    last_text = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    if cfg.on_nonfinite == "stop":
+        raise NonFiniteError(
+            f"non-finite loss or gradient at {where}; {last_text}; lower train.optimizer.lr, "
+            "set train.grad_clip, check the data for extreme values, or set "
+            "train.on_nonfinite=skip"
+        )
+    allowed = cfg.max_skipped_fraction * total_steps
+    if state.skipped + 1 > allowed:
+        raise NonFiniteError(
+            f"non-finite loss or gradient at {where}: {state.skipped + 1} of {total_steps} "
+            f"steps skipped, more than train.max_skipped_fraction={cfg.max_skipped_fraction}; "
+            f"{last_text}; lower train.optimizer.lr or set train.grad_clip"
+        )
 
 
 def _monitor(early: Any, *, has_val: bool) -> tuple[str | None, str]:

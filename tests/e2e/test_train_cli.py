@@ -40,6 +40,7 @@ RUN_FILES = {
     "card.md",
     "training_curves.png",
     "confusion_matrix.png",
+    "checkpoints",
 }
 
 
@@ -285,7 +286,7 @@ def test_digits_run_directory_holds_exactly_the_design_files(cli_runs: CliRuns) 
     run_dir = cli_runs.run_dir("digits-cnn")
     assert {p.name for p in run_dir.iterdir()} == RUN_FILES
     assert [p.name for p in (run_dir / "preprocess").iterdir()] == ["features.json"]
-    for name in RUN_FILES - {"preprocess"}:
+    for name in RUN_FILES - {"preprocess", "checkpoints"}:
         assert (run_dir / name).stat().st_size > 0, name
     assert (run_dir / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "digits-cnn" in (run_dir / "card.md").read_text()

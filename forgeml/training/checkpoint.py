@@ -1,0 +1,231 @@
+"""Crash-safe, resumable checkpoints.
+
+    runs/NAME/checkpoints/
+      step-00000120/          one committed checkpoint
+        model.safetensors     weights (safetensors, never pickle)
+        best_model.safetensors  early stopping's best weights, when they differ from the current
+        optim.pt              optimizer + scheduler state and RNG tensors (loaded weights_only)
+        trainer.json          position (epoch, batch, step), history, early-stopping state, RNG
+        manifest.json         sha256 of every file above -- written last inside the checkpoint
+      best                    name of the checkpoint holding the best monitored value
+
+A checkpoint is written into `.tmp-step-N/`, every file flushed and fsynced, then the directory
+is renamed into place and the parent directory fsynced: a crash at any point leaves either the
+old set of checkpoints or the old set plus the new one, never a half-written `step-N`. An old
+checkpoint is deleted only after the new one is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from forgeml.errors import ForgeError
+
+PREFIX = "step-"
+FILES = ("model.safetensors", "optim.pt", "trainer.json")
+
+
+class CheckpointError(ForgeError):
+    """A checkpoint is missing, truncated or does not match its manifest."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU + every CUDA device) RNG states, JSON/tensor friendly."""
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [version, list(state), gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), *map(_plain, np_state[2:])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    version, state, gauss = rng["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, *rest = rng["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+class Checkpointer:
+    """Writes and finds the checkpoints of one run directory."""
+
+    def __init__(self, root: str | Path, *, keep_last: int = 2, keep_best: bool = True) -> None:
+        self.root = Path(root)
+        self.keep_last = keep_last
+        self.keep_best = keep_best
+
+    # ------------------------------------------------------------------ writing
+
+    def save(
+        self,
+        *,
+        step: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        trainer: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+        best_model: dict[str, torch.Tensor] | None = None,
+        is_best: bool = False,
+    ) -> Path:
+        """Commit one checkpoint atomically; then prune old ones. Returns its directory."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"{PREFIX}{step:08d}"
+        final, tmp = self.root / name, self.root / f".tmp-{name}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        safetensors.torch.save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
+        if best_model is not None:
+            safetensors.torch.save_file(_cpu(best_model), str(tmp / "best_model.safetensors"))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "tensors": tensors,
+            },
+            tmp / "optim.pt",
+        )
+        (tmp / "trainer.json").write_text(json.dumps(trainer), encoding="utf-8")
+        files = sorted(p.name for p in tmp.iterdir())
+        for file in files:
+            _fsync_path(tmp / file)
+        manifest = {"step": step, "sha256": {f: _sha256(tmp / f) for f in files}}
+        with open(tmp / "manifest.json", "w", encoding="utf-8") as f:
+            json.dump(manifest, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_path(tmp)
+        if final.exists():  # the same step saved again (e.g. after a resume): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_path(self.root)
+        if is_best and self.keep_best:
+            self._write_pointer(name)
+        self._prune()
+        return final
+
+    def _write_pointer(self, name: str) -> None:
+        tmp = self.root / ".best.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(name)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / "best")
+        _fsync_path(self.root)
+
+    def _prune(self) -> None:
+        keep = set(c.name for c in self.committed()[: self.keep_last])
+        best = self.best_name()
+        if best:
+            keep.add(best)
+        for path in self.committed():
+            if path.name not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+    # ------------------------------------------------------------------ reading
+
+    def committed(self) -> list[Path]:
+        """Committed checkpoint directories, newest first (temporary ones are ignored)."""
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
+        return sorted(found, key=lambda p: p.name, reverse=True)
+
+    def best_name(self) -> str | None:
+        pointer = self.root / "best"
+        try:
+            return pointer.read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
+
+    def clean_temporary(self) -> None:
+        """Remove leftovers of a write that was killed before its commit."""
+        if self.root.is_dir():
+            for path in self.root.glob(".tmp-*"):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def latest_valid(self, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+        """Load the newest checkpoint that verifies; report and skip corrupt ones."""
+        for path in self.committed():
+            try:
+                return load_checkpoint(path)
+            except CheckpointError as exc:
+                log(f"warning: {exc}; falling back to the previous checkpoint")
+        return None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Verify a checkpoint against its manifest and load it (no unpickling of arbitrary code)."""
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        expected = manifest["sha256"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} has no readable manifest ({exc})") from None
+    for name in FILES:
+        if name not in expected:
+            raise CheckpointError(f"checkpoint {path} lacks {name}")
+    for name, sha in expected.items():
+        file = path / name
+        if not file.is_file() or _sha256(file) != sha:
+            raise CheckpointError(f"checkpoint {path}: {name} is truncated or corrupt")
+    try:
+        blob = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
+        trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+        model = safetensors.torch.load_file(str(path / "model.safetensors"))
+        best = path / "best_model.safetensors"
+        best_model = safetensors.torch.load_file(str(best)) if best.is_file() else None
+    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint
+        raise CheckpointError(f"checkpoint {path} cannot be loaded ({exc})") from None
+    return {
+        "path": path,
+        "model": model,
+        "best_model": best_model,
+        "optimizer": blob["optimizer"],
+        "scheduler": blob["scheduler"],
+        "tensors": blob["tensors"],
+        "trainer": trainer,
+    }
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}

@@ -1,0 +1,122 @@
+"""Starting or resuming a run directory: which checkpoint, and whether the config still fits.
+
+Rules:
+- a new run refuses a directory that holds a finished run (unless output.overwrite) or an
+  interrupted run with checkpoints (resume it, or overwrite) -- nothing learned is lost silently;
+- `--resume` takes the newest checkpoint that verifies (a corrupt newest one is reported and the
+  previous one used), or the checkpoint given by path;
+- a resume refuses a config whose changes alter the math, naming the changed keys; limits and
+  bookkeeping (max_epochs, max_steps, logging, checkpoint cadence) may change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from forgeml.artifact import MANIFEST, RunDir, atomic_write
+from forgeml.config import Config
+from forgeml.errors import ConfigError, ForgeError
+from forgeml.training.checkpoint import Checkpointer, CheckpointError, load_checkpoint
+
+CHECKPOINTS = "checkpoints"
+
+# Keys a resume may change: they bound or observe the run but do not change its arithmetic.
+RESUMABLE = (
+    "train.max_epochs",
+    "train.max_steps",
+    "train.log_every_steps",
+    "train.eval_batch_size",
+    "train.checkpoint.",
+    "train.on_nonfinite",
+    "train.max_skipped_fraction",
+    "train.early_stopping.patience",
+    "output.overwrite",
+    "data.max_bad_fraction",
+)
+
+
+def checkpointer_for(run_dir: RunDir, cfg: Config) -> Checkpointer:
+    ckpt = cfg.train.checkpoint
+    return Checkpointer(
+        run_dir.path / CHECKPOINTS, keep_last=ckpt.keep_last, keep_best=ckpt.keep_best
+    )
+
+
+def open_run(
+    cfg: Config, resume: bool | str | Path | None, log: Callable[[str], None]
+) -> tuple[RunDir, dict[str, Any] | None]:
+    """The run directory to write, and the checkpoint to continue from (None: a fresh start)."""
+    run_dir = RunDir(Path(cfg.output.dir) / (cfg.output.name or "run"))
+    checkpointer = checkpointer_for(run_dir, cfg)
+    if not resume:
+        if not cfg.output.overwrite and not run_dir.is_complete and checkpointer.committed():
+            newest = checkpointer.committed()[0]
+            raise ForgeError(
+                f"{run_dir.path} holds an interrupted run with checkpoints (newest {newest.name}); "
+                "continue it with --resume, or set output.overwrite=true to start over"
+            )
+        run_dir.prepare(overwrite=cfg.output.overwrite)
+        return run_dir, None
+
+    if isinstance(resume, str | Path) and not isinstance(resume, bool):
+        try:
+            checkpoint = load_checkpoint(resume)
+        except CheckpointError as exc:
+            raise ForgeError(f"--resume {resume}: {exc}; pass another checkpoint") from None
+    else:
+        if not run_dir.path.is_dir():
+            raise ForgeError(
+                f"--resume: run directory {run_dir.path} does not exist; train without --resume "
+                "first, or set output.name to the run to continue"
+            )
+        checkpointer.clean_temporary()
+        checkpoint = checkpointer.latest_valid(log)
+        if checkpoint is None:
+            raise ForgeError(
+                f"--resume: no valid checkpoint in {checkpointer.root}; train again without "
+                "--resume (with output.overwrite=true)"
+            )
+    _check_config(run_dir, cfg)
+    # From here the directory is an unfinished run again: drop the manifest first.
+    (run_dir.path / MANIFEST).unlink(missing_ok=True)
+    history = checkpoint["trainer"]["loop"]["history"]
+    atomic_write(run_dir.path / "history.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    loop = checkpoint["trainer"]["loop"]
+    log(
+        f"resuming from {checkpoint['path']} (step {loop['step']}, epoch {loop['epoch']}, "
+        f"batch {loop['batch']})"
+    )
+    return run_dir, checkpoint
+
+
+def _check_config(run_dir: RunDir, cfg: Config) -> None:
+    saved_path = run_dir.path / "config.yaml"
+    try:
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ForgeError(
+            f"--resume: cannot read {saved_path} ({exc}); the run is incomplete"
+        ) from None
+    changed = config_changes(saved, cfg.to_dict())
+    blocked = [k for k in changed if not k.startswith(RESUMABLE)]
+    if blocked:
+        raise ConfigError(
+            f"--resume: the config changed in ways that alter training: {', '.join(blocked)}; "
+            f"restore them as in {saved_path}, or start a new run (output.name=NEW_NAME)"
+        )
+
+
+def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(dict.fromkeys([*old, *new]))
+        changes: list[str] = []
+        for key in keys:
+            changes += config_changes(old.get(key), new.get(key), f"{prefix}{key}.")
+        return changes
+    return [] if old == new else [prefix.rstrip(".")]
