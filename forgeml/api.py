@@ -6,7 +6,7 @@ The CLI and the Keras-like `Model` both call into this module; there is no secon
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from torch import nn
 
 from forgeml.artifact import RunDir, read_manifest, versions
 from forgeml.config import Config, DataConfig, load_config
+from forgeml.data.bad_rows import BadRows, RowChecks, check_splits
 from forgeml.data.image import augment as augment_images
 from forgeml.data.loader import TensorData
 from forgeml.data.preprocess import Preprocessor
@@ -28,6 +29,7 @@ from forgeml.errors import DataError
 from forgeml.evaluate.report import plot_confusion, plot_history, write_card
 from forgeml.models.registry import build_model, count_parameters
 from forgeml.training.checkpoint import Checkpointer
+from forgeml.training.distributed import barrier, init_from_env, is_main, restart_count
 from forgeml.training.loop import FitResult, evaluate, fit
 from forgeml.training.optim import build_loss
 from forgeml.training.progress import summary_table
@@ -43,6 +45,8 @@ class Prepared:
     tables: dict[str, Table]  # "train", and "val"/"test" when present
     preprocessor: Preprocessor
     data: dict[str, TensorData]
+    # data.on_bad_rows=skip: per split, the rows skipped (`BadRows.summary`); metrics.json has it.
+    bad_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,10 +66,31 @@ class Run:
         return Predictor(self.dir)
 
 
-def load_splits(cfg: DataConfig, seed: int) -> dict[str, Table]:
-    """Read the sources and split them: ratios of one source, or separate files per split."""
-    table = read_table(cfg.source, delimiter=cfg.delimiter)
-    kind = infer_target_kind(table, cfg)
+def load_splits(
+    cfg: DataConfig, seed: int, *, bad_rows: dict[str, BadRows] | None = None
+) -> dict[str, Table]:
+    """Read the sources and split them: ratios of one source, or separate files per split.
+
+    With `data.on_bad_rows: skip`, rows a reader cannot parse and rows without a usable target
+    are left out (before the split, which they would distort) and recorded in
+    `bad_rows[split]`; those of `data.source` count for "train".
+    """
+    skip = cfg.on_bad_rows == "skip"
+    found: dict[str, BadRows] = {}
+
+    def read(split: str, spec: str) -> Table:
+        found[split] = BadRows()
+        return read_table(spec, delimiter=cfg.delimiter, bad_rows=found[split] if skip else None)
+
+    table = read("train", cfg.source)
+    kind = infer_target_kind(table, cfg, max_bad_fraction=cfg.max_bad_fraction if skip else 0.0)
+    if skip:
+        checks = RowChecks(table)
+        checks.target(cfg.target, numeric=kind == "numeric")
+        good = checks.record(found["train"])
+        if not len(good):
+            found["train"].check(found["train"].count, 1.0, cfg.source)
+        table = table.take(good) if len(good) < table.num_rows else table
     ratios = cfg.split
     val_ratio = 0.0 if cfg.val_source else ratios.val
     test_ratio = 0.0 if cfg.test_source else ratios.test
@@ -83,25 +108,52 @@ def load_splits(cfg: DataConfig, seed: int) -> dict[str, Table]:
     )
     tables = {"train": train}
     if cfg.val_source:
-        val = read_table(cfg.val_source, delimiter=cfg.delimiter)
+        val = read("val", cfg.val_source)
     if cfg.test_source:
-        test = read_table(cfg.test_source, delimiter=cfg.delimiter)
+        test = read("test", cfg.test_source)
     if val is not None:
         tables["val"] = val
     if test is not None:
         tables["test"] = test
+    if skip and bad_rows is not None:
+        bad_rows.update({split: found.get(split) or BadRows() for split in tables})
     return tables
 
 
 def prepare(config: Config, *, log: Callable[[str], None] = print) -> Prepared:
-    """Read, split and preprocess the data of `config`, and check the model can be built."""
-    tables = load_splits(config.data, config.seed)
-    preprocessor = Preprocessor.fit(tables["train"], config.data, log=log)
+    """Read, split and preprocess the data of `config`, and check the model can be built.
+
+    With `data.on_bad_rows: skip`, bad rows are left out (the fit sees good train rows only),
+    logged and counted per split in `Prepared.bad_rows`; more than `data.max_bad_fraction` of
+    the rows of a source bad is a DataError.
+    """
+    cfg = config.data
+    bad: dict[str, BadRows] = {}  # skip mode: one collector per split
+    tables = load_splits(cfg, config.seed, bad_rows=bad)
+    rows = {split: tables[split].num_rows + found.count for split, found in bad.items()}
+    sources = {split: table.source for split, table in tables.items()}
+
+    def check() -> None:  # after every step: fail as soon as too many rows are bad
+        if bad:
+            check_splits(bad, rows, sources, cfg.max_bad_fraction)
+
+    check()
+    preprocessor = Preprocessor.fit(tables["train"], cfg, log=log, bad_rows=bad.get("train"))
+    check()
     data = {}
-    for split, table in tables.items():
-        inputs, target = preprocessor.transform(table)
+    for split, table in list(tables.items()):
+        inputs, target, kept = preprocessor.transform_rows(table, bad_rows=bad.get(split))
+        check()
+        if not len(kept):  # possible with a high max_bad_fraction
+            bad[split].check(rows[split], 1.0, f"{table.source} ({split} split)")
+        if len(kept) < table.num_rows:
+            tables[split] = table.take(kept)
         data[split] = TensorData(inputs, target)
-    return Prepared(config, tables, preprocessor, data)
+    for split, found in bad.items():
+        if found.count:
+            log(f"{split}: {found.describe(sources[split])}")
+    summary = {split: found.summary(sources[split], rows[split]) for split, found in bad.items()}
+    return Prepared(config, tables, preprocessor, data, bad_rows=summary)
 
 
 def train(
@@ -133,6 +185,10 @@ def train(
         ForgeError: a config or data mistake, with a one-line message.
     """
     cfg = load_config(config, list(overrides or []))
+    init_from_env()  # under torchrun: join the process group; otherwise a no-op
+    if resume is None and restart_count() > 0:
+        resume = True  # torchrun --max-restarts restarted the job: continue from the checkpoint
+    quiet = quiet or not is_main()
     console = console or Console()
     log = (lambda _msg: None) if quiet else (lambda msg: console.print(msg, highlight=False))
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)
@@ -177,9 +233,11 @@ def fit_and_save(
 ) -> Run:
     """Run the loop on prepared data, evaluate every split, and write the run directory."""
     cfg = prepared.config
-    run_dir, checkpoint = open_run(cfg, resume, log)
-    run_dir.write_text("config.yaml", cfg.to_yaml())
-    prepared.preprocessor.save(run_dir.path / "preprocess")
+    main = is_main()  # only rank 0 writes; every rank trains and evaluates
+    run_dir, checkpoint = open_run(cfg, resume, log, writer=main)
+    if main:
+        run_dir.write_text("config.yaml", cfg.to_yaml())
+        prepared.preprocessor.save(run_dir.path / "preprocess")
     log(
         f"model {custom_model or cfg.model.name}: {count_parameters(model):,} parameters; "
         f"task {prepared.preprocessor.target.task}; "
@@ -190,8 +248,8 @@ def fit_and_save(
         model,
         console=console,
         quiet=quiet,
-        callbacks=[_HistoryWriter(run_dir), *callbacks],
-        checkpointer=checkpointer_for(run_dir, cfg),
+        callbacks=[_HistoryWriter(run_dir), *callbacks] if main else [],
+        checkpointer=checkpointer_for(run_dir, cfg) if main else None,
         resume=checkpoint,
     )
     log(
@@ -199,7 +257,9 @@ def fit_and_save(
         f"precision {result.precision}"
     )
     metrics = final_metrics(prepared, model, loss_fn, result.precision)
-    save_run(run_dir, prepared, model, result, metrics, custom_model=custom_model)
+    if main:
+        save_run(run_dir, prepared, model, result, metrics, custom_model=custom_model)
+    barrier()  # no rank leaves before the run directory is complete
     if not quiet:
         held_out = "test" if "test" in metrics else ("val" if "val" in metrics else "none")
         console.print(summary_table(metrics, title=f"final metrics (held out: {held_out})"))
@@ -294,6 +354,7 @@ def save_run(
             "skipped_steps": result.skipped_steps,
             "precision": result.precision,
             "best": result.best,
+            **({"bad_rows": prepared.bad_rows} if prepared.bad_rows else {}),
         },
     )
     sha = run_dir.save_weights(model)

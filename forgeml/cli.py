@@ -9,6 +9,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.max_epochs=5")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train on N processes: launches torchrun (DDP; gloo on CPU, NCCL on GPU)",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --nproc: restart a failed job up to K times, resuming from its checkpoint",
+    )
     p.add_argument(
         "--resume",
         nargs="?",
@@ -90,6 +105,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
         args.overrides.append(resume)  # `--resume a.b=1`: an override, not a checkpoint path
         resume = True
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from forgeml.training.distributed import launch
+
+        argv = ["train", args.config, *args.overrides]
+        argv += ["--quiet"] if args.quiet else []
+        argv += [] if resume is None else ["--resume"] + ([] if resume is True else [str(resume)])
+        launch(
+            args.nproc, (["--debug"] if args.debug else []) + argv, max_restarts=args.max_restarts
+        )
     try:
         train(args.config, args.overrides, quiet=args.quiet, resume=resume)
     except Interrupted as exc:

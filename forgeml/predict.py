@@ -16,6 +16,7 @@ from torch import nn
 
 from forgeml.artifact import load_weights, read_config_dict, read_manifest
 from forgeml.config import load_config
+from forgeml.data.bad_rows import BadRows
 from forgeml.data.loader import TensorData
 from forgeml.data.preprocess import Preprocessor
 from forgeml.data.sources import IMAGE_EXTENSIONS, read_table
@@ -60,7 +61,9 @@ class Predictor:
         load_weights(self.run_dir, self.manifest, model)
         self.device = pick_device()
         self.model = model.to(self.device).eval()
-        self.precision = resolve_precision(precision or self.config.train.precision, self.device)
+        # The run's resolved precision, so predictions reproduce its metrics.
+        trained = self.manifest.get("precision") or self.config.train.precision
+        self.precision = resolve_precision(precision or trained, self.device)
         self.batch_size = self.config.train.eval_batch_size or 4 * self.config.train.batch_size
 
     @property
@@ -79,7 +82,8 @@ class Predictor:
         """Predict for records, a Table, or a file/folder path.
 
         Returns one dict per row: {"prediction": label, "probabilities": {class: p}} for
-        classification, {"prediction": value} for regression.
+        classification, {"prediction": value} for regression. A bad row raises, whatever the
+        run's `data.on_bad_rows`: every input row gets its prediction or an error.
         """
         table = self.to_table(inputs)
         features, _ = self.preprocessor.transform(table, with_target=False)
@@ -97,8 +101,17 @@ class Predictor:
         return torch.cat(chunks) if chunks else torch.empty(0, self.preprocessor.spec.out_dim)
 
     def evaluate(self, inputs: Sequence[Mapping[str, Any]] | Table | str | Path) -> dict[str, Any]:
-        """Metrics (and loss) on labelled inputs that hold the target column."""
-        table = self.to_table(inputs)
+        """Metrics (and loss) on labelled inputs that hold the target column.
+
+        A run trained with `data.on_bad_rows: skip` skips bad rows here too, so evaluating its
+        own split reproduces metrics.json; the result then has "bad_rows" (`BadRows.summary`).
+        Only a table without a good row fails: `data.max_bad_fraction` is a budget per source,
+        which training checked, and a split of one can be past it on its own.
+        """
+        data_cfg = self.config.data
+        bad = BadRows() if data_cfg.on_bad_rows == "skip" else None
+        table = self.to_table(inputs, bad_rows=bad)
+        total = table.num_rows + (bad.count if bad is not None else 0)  # before skipping
         target = self.preprocessor.target.name
         if target not in table.columns:
             raise DataError(
@@ -106,11 +119,13 @@ class Predictor:
                 "data with the same columns as the training file; add the column, or use "
                 "forgeml predict for unlabelled data"
             )
-        features, labels = self.preprocessor.transform(table, with_target=True)
+        features, labels, _ = self.preprocessor.transform_rows(table, bad_rows=bad)
+        if bad is not None:
+            bad.check(total, 1.0, table.source)
         loss_fn = build_loss(self.config.train.loss, self.task)
         classes = [str(c) for c in self.classes] if self.classes is not None else None
         t = self.preprocessor.target
-        return evaluate(
+        metrics = evaluate(
             self.model,
             TensorData(features, labels),
             task=self.task,
@@ -120,17 +135,26 @@ class Predictor:
             precision=self.precision,
             target_scale=(t.mean, t.std) if t.task == "regression" else None,
         )
+        if bad is not None:
+            metrics["bad_rows"] = bad.summary(table.source, total)
+        return metrics
 
-    def to_table(self, inputs: Sequence[Mapping[str, Any]] | Table | str | Path) -> Table:
+    def to_table(
+        self,
+        inputs: Sequence[Mapping[str, Any]] | Table | str | Path,
+        *,
+        bad_rows: BadRows | None = None,
+    ) -> Table:
+        """`bad_rows`: skip records a file's reader cannot parse into it (see `read_table`)."""
         if isinstance(inputs, Table):
             return inputs
         if isinstance(inputs, str | Path):
-            return self._read_path(Path(inputs))
+            return self._read_path(Path(inputs), bad_rows)
         if isinstance(inputs, Mapping):
             inputs = [inputs]
         return records_to_table(list(inputs))
 
-    def _read_path(self, path: Path) -> Table:
+    def _read_path(self, path: Path, bad_rows: BadRows | None) -> Table:
         image_columns = [f.name for f in self.preprocessor.features if f.type == "image"]
         is_image_file = path.suffix.lower() in IMAGE_EXTENSIONS
         if path.is_dir() or is_image_file:
@@ -149,7 +173,7 @@ class Predictor:
             if "image" in table.columns and image_columns[0] != "image":
                 table.columns[image_columns[0]] = table.columns.pop("image")
             return table
-        return read_table(str(path), delimiter=self.config.data.delimiter)
+        return read_table(str(path), delimiter=self.config.data.delimiter, bad_rows=bad_rows)
 
 
 def records_to_table(records: list[Mapping[str, Any]], source: str = "input records") -> Table:

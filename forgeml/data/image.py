@@ -2,7 +2,8 @@
 
 Images arrive as paths to PNG/JPEG files or as uint8 arrays shaped (H, W) or (H, W, C) (see
 `table.py`). `images_to_tensor` turns a column of them into one (N, C, H, W) float32 tensor in
-[0, 1]; normalisation with the train statistics is the preprocessor's job.
+[0, 1] (`decode_images` also skips unreadable ones); normalisation with the train statistics is
+the preprocessor's job.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from forgeml.data.bad_rows import UNREADABLE_IMAGE, BadRows
 from forgeml.errors import DataError
 
 # Pillow modes that hold one intensity per pixel (plus alpha for "LA").
@@ -33,11 +35,26 @@ def load_image(value: object, *, ref: str, base_dir: str | Path | None = None) -
     Raises:
         DataError: the file is missing or not a readable image, or the array has the wrong shape.
     """
+    try:
+        return _read_image(value, base_dir)
+    except _Unreadable as exc:
+        raise DataError(f"{ref}: {exc}") from None
+
+
+class _Unreadable(Exception):
+    """An image value that cannot be used: `detail` says why, `fix` what to do."""
+
+    def __init__(self, detail: str, fix: str = "") -> None:
+        super().__init__(f"{detail}; {fix}" if fix else detail)
+        self.detail = detail
+
+
+def _read_image(value: object, base_dir: str | Path | None) -> np.ndarray:
     if isinstance(value, np.ndarray):
-        return _array_image(value, ref)
+        return _array_image(value)
     if not isinstance(value, str | Path):
-        raise DataError(
-            f"{ref}: expected an image (a PNG/JPEG path or a uint8 array), found "
+        raise _Unreadable(
+            f"expected an image (a PNG/JPEG path or a uint8 array), found "
             f"{type(value).__name__} {value!r}"
         )
     path = Path(value)
@@ -52,19 +69,19 @@ def load_image(value: object, *, ref: str, base_dir: str | Path | None = None) -
             reason = "not a recognisable image (corrupt, or another file type)"
         else:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise DataError(
-            f"{ref}: cannot read image '{value}': {reason}; expected a PNG or JPEG file; "
-            "replace or remove the file, or fix the path"
+        raise _Unreadable(
+            f"cannot read image '{value}': {reason}",
+            "expected a PNG or JPEG file; replace or remove the file, or fix the path",
         ) from None
 
 
-def _array_image(value: np.ndarray, ref: str) -> np.ndarray:
+def _array_image(value: np.ndarray) -> np.ndarray:
     if value.ndim == 2:
         value = value[:, :, None]
     if value.ndim != 3 or value.shape[2] not in (1, 3, 4) or value.dtype != np.uint8:
-        raise DataError(
-            f"{ref}: image array has shape {value.shape} and dtype {value.dtype}; expected uint8 "
-            "pixels shaped (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
+        raise _Unreadable(
+            f"image array has shape {value.shape} and dtype {value.dtype}",
+            "expected uint8 pixels shaped (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)",
         )
     return value
 
@@ -108,10 +125,41 @@ def images_to_tensor(
     Returns:
         (N, C, H, W) float32 in [0, 1].
     """
+    images, _ = decode_images(
+        values, size=size, channels=channels, refs=refs, base_dir=base_dir, bad_rows=None
+    )
+    return images
+
+
+def decode_images(
+    values: Sequence[object] | np.ndarray,
+    *,
+    size: tuple[int, int],
+    channels: int,
+    refs: Sequence[str],
+    base_dir: str | Path | None = None,
+    bad_rows: BadRows | None,
+    column: str | None = None,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """`images_to_tensor` that, with `bad_rows` (skip mode), records an image that cannot be
+    read as a bad row of `column` and leaves it out instead of raising.
+
+    Returns:
+        (K, C, H, W) float32 in [0, 1], and the (K,) int64 indices into `values` of the K
+        images decoded (all of them without `bad_rows`).
+    """
     height, width = size
     pixels = np.empty((len(values), height, width, channels), dtype=np.uint8)  # (N, H, W, C)
+    decoded = np.ones(len(values), dtype=bool)
     for i, value in enumerate(values):
-        image = load_image(value, ref=refs[i], base_dir=base_dir)
+        try:
+            image = _read_image(value, base_dir)
+        except _Unreadable as exc:
+            if bad_rows is None:
+                raise DataError(f"{refs[i]}: {exc}") from None
+            bad_rows.record(refs[i], column, UNREADABLE_IMAGE, exc.detail)
+            decoded[i] = False
+            continue
         if image.shape[:2] == (height, width) and image.shape[2] == channels:
             pixels[i] = image  # already right: skip Pillow (e.g. arrays from .npz)
             continue
@@ -121,8 +169,11 @@ def images_to_tensor(
             pil = pil.resize((width, height), Image.Resampling.BILINEAR)
         converted = np.asarray(pil, dtype=np.uint8)
         pixels[i] = converted[:, :, None] if channels == 1 else converted
-    tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # (N, C, H, W) uint8 view
-    return tensor.to(torch.float32).div_(255.0).contiguous()
+    kept = np.flatnonzero(decoded)
+    if len(kept) < len(values):
+        pixels = pixels[kept]  # (K, H, W, C)
+    tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # (K, C, H, W) uint8 view
+    return tensor.to(torch.float32).div_(255.0).contiguous(), kept
 
 
 def augment(

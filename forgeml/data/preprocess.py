@@ -5,6 +5,10 @@
 channel stats) and the target's classes or scale. `transform` turns any table with the same
 columns into the tensors a model takes (see `schema.py`); `decode` turns model outputs back into
 labels and probabilities. The fitted state is plain JSON (`save`/`load`), never pickle.
+
+A bad value raises a one-line DataError naming its row and column. Given a `BadRows` collector
+(`data.on_bad_rows: skip`), `fit` and `transform_rows` record and drop bad rows instead (see
+`bad_rows.py`): a first pass finds them, then the code above runs on the rows left.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +25,8 @@ import numpy as np
 import torch
 
 from forgeml.config import DataConfig
-from forgeml.data.image import images_to_tensor, is_grayscale, load_image
+from forgeml.data.bad_rows import MISSING_VALUE, UNKNOWN_CLASS, BadRows, RowChecks, quote
+from forgeml.data.image import decode_images, is_grayscale, load_image
 from forgeml.data.schema import FeatureSpec, InputSpec, TargetSpec
 from forgeml.data.split import infer_target_kind, is_numeric_column, parse_floats
 from forgeml.data.table import Table
@@ -53,45 +58,74 @@ class Preprocessor:
         self._class_index = {_key(c): i for i, c in enumerate(target.classes or [])}
         # fit() decodes the train images once for their statistics; the first transform of that
         # same column reuses the tensor instead of decoding every file again.
-        self._fit_images: tuple[np.ndarray, torch.Tensor] | None = None
+        self._fit_images: _Decoded | None = None
 
     # ----------------------------------------------------------------------------- fit
 
     @classmethod
     def fit(
-        cls, table: Table, cfg: DataConfig, *, log: Callable[[str], None] = print
+        cls,
+        table: Table,
+        cfg: DataConfig,
+        *,
+        log: Callable[[str], None] = print,
+        bad_rows: BadRows | None = None,
     ) -> Preprocessor:
         """Type every column and learn the preprocessing from the TRAIN table only.
+
+        Args:
+            bad_rows: skip mode (`data.on_bad_rows: skip`): rows with a bad value are recorded
+                here and the fit uses the other rows only; a column is still typed numeric when
+                at most `data.max_bad_fraction` of its values are not numbers. None: the first
+                bad value raises.
 
         Raises:
             DataError: a missing column, a bad or missing value (named by row), one class only.
             ConfigError: a fill rule that does not fit the column type, two image columns.
         """
-        target = _fit_target(table, cfg)
+        tolerance = cfg.max_bad_fraction if bad_rows is not None else 0.0
+        target_kind = infer_target_kind(table, cfg, max_bad_fraction=tolerance)
         names = _feature_names(table, cfg)
-        kinds = {name: _column_type(table, cfg, name) for name in names}
+        kinds = {name: _column_type(table, cfg, name, tolerance) for name in names}
         images = [n for n in names if kinds[n] == "image"]
         if len(images) > 1:
             raise ConfigError(
                 f"{table.source}: {len(images)} image columns ({', '.join(images)}); a model "
                 "takes at most one; add the others to data.exclude or declare their type"
             )
-        features, fit_images = [], None
-        for name, kind in kinds.items():
-            column_cfg = cfg.columns.get(name)
-            inferred = column_cfg is None or column_cfg.type is None
-            fill = column_cfg.fill if column_cfg is not None else "error"
-            fill_value = column_cfg.fill_value if column_cfg is not None else None
-            spec = FeatureSpec(name, kind, inferred, fill=fill, fill_value=fill_value)
-            if kind == "numeric":
+        features = [_feature_spec(cfg, name, kind) for name, kind in kinds.items()]
+        decoded = None
+        if bad_rows is not None:
+            # Drop the bad rows first, images last (only good rows are decoded), then fit the
+            # rest as usual: the statistics, classes and vocabularies see good rows only.
+            rows = _good_rows(
+                table,
+                features,
+                bad_rows,
+                target=cfg.target,
+                numeric_target=target_kind == "numeric",
+            )
+            image = next((f for f in features if f.type == "image"), None)
+            if image is not None:
+                decoded = _fit_image(table, image, cfg, rows, bad_rows)
+                rows = decoded.rows
+            if not len(rows):
+                raise DataError(
+                    f"{table.source}: every row of the training split is bad "
+                    f"({bad_rows.reasons()}); first: {bad_rows.examples[0]}; fix the data"
+                )
+            if len(rows) < table.num_rows:
+                table = table.take(rows)
+        target = _fit_target(table, cfg, target_kind)
+        for spec in features:
+            if spec.type == "numeric":
                 _fit_numeric(table, spec)
-            elif kind == "category":
+            elif spec.type == "category":
                 _fit_category(table, spec)
-            else:
-                fit_images = _fit_image(table, spec, cfg)
-            features.append(spec)
+            elif decoded is None:
+                decoded = _fit_image(table, spec, cfg, np.arange(table.num_rows), None)
         pre = cls(features, target)
-        pre._fit_images = fit_images
+        pre._fit_images = decoded
         log(_summary(features, target))
         return pre
 
@@ -108,6 +142,19 @@ class Preprocessor:
             target: (N,) int64 class indices, or (N,) float32 standardised values for
                 regression; None when `with_target` is False.
         """
+        inputs, target, _ = self.transform_rows(table, with_target=with_target)
+        return inputs, target
+
+    def transform_rows(
+        self, table: Table, *, with_target: bool = True, bad_rows: BadRows | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, np.ndarray]:
+        """`transform` that, given `bad_rows` (skip mode), records the bad rows there and
+        leaves them out.
+
+        Returns:
+            inputs and target as `transform` returns them, for the K rows kept, and the (K,)
+            int64 indices of those rows in `table` (all of them without `bad_rows`).
+        """
         needed = [f.name for f in self.features]
         for name in needed:
             if name not in table.columns:
@@ -115,54 +162,66 @@ class Preprocessor:
                     f"{table.source}: column '{name}' is missing; the model needs columns: "
                     f"{', '.join(needed)}; add it to the input"
                 )
-        n = table.num_rows
+        t = self.target
+        if with_target and t.name not in table.columns:
+            raise DataError(
+                f"{table.source}: target column '{t.name}' is missing; labelled data needs it "
+                "next to the feature columns; add it, or predict without targets"
+            )
+        rows = np.arange(table.num_rows)
+        if bad_rows is not None:
+            rows = _good_rows(
+                table,
+                self.features,
+                bad_rows,
+                target=t.name if with_target else None,
+                numeric_target=t.task == "regression",
+                classes=self._class_index if t.task != "regression" else None,
+            )
+        kept = table if len(rows) == table.num_rows else table.take(rows)
+        n = kept.num_rows
         numeric = [f for f in self.features if f.type == "numeric"]
         category = [f for f in self.features if f.type == "category"]
         inputs: dict[str, torch.Tensor] = {}
         if numeric:
             block = np.empty((n, len(numeric)), dtype=np.float32)  # (N, F)
             for j, f in enumerate(numeric):
-                floats = _numeric_values(table, f)
+                floats = _numeric_values(kept, f)
                 block[:, j] = (floats - f.mean) / f.std
             inputs["numeric"] = torch.from_numpy(block)
         if category:
             codes = np.empty((n, len(category)), dtype=np.int64)  # (N, K)
             for j, f in enumerate(category):
                 lookup = {v: i + 1 for i, v in enumerate(f.vocab or [])}
-                keys = _category_values(table, f)
+                keys = _category_values(kept, f)
                 codes[:, j] = np.fromiter((lookup.get(k, 0) for k in keys), np.int64, count=n)
             inputs["category"] = torch.from_numpy(codes)
+        target = self._target_tensor(kept) if with_target else None
         for f in self.features:
             if f.type == "image":
-                inputs["image"] = self._images(table, f)  # (N, C, H, W)
-        target = self._target_tensor(table) if with_target else None
-        return inputs, target
+                images, decoded = self._images(table, f, rows, bad_rows)  # (K, C, H, W)
+                if len(decoded) < len(rows):  # unreadable images, skipped
+                    index = torch.from_numpy(decoded)
+                    inputs = {k: v[index] for k, v in inputs.items()}
+                    target = target[index] if target is not None else None
+                    rows = rows[decoded]
+                inputs["image"] = images
+        return inputs, target, rows
 
-    def _images(self, table: Table, f: FeatureSpec) -> torch.Tensor:
-        values = table.columns[f.name]
+    def _images(
+        self, table: Table, f: FeatureSpec, rows: np.ndarray, bad_rows: BadRows | None
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """(K, C, H, W) normalised images of `rows` of `table`, and the (K,) positions in `rows`
+        of the images decoded (all but unreadable ones, which only skip mode leaves out)."""
         cached, self._fit_images = self._fit_images, None
-        if cached is not None and cached[0] is values:
-            images = cached[1]
-        else:
-            _check_present(table, f, values)
-            images = images_to_tensor(
-                values,
-                size=(f.height, f.width),
-                channels=f.channels,
-                refs=_Refs(table),
-                base_dir=_base_dir(table),
-            )
+        found = cached.take(table, f, rows, bad_rows) if cached is not None else None
+        images, decoded = found if found is not None else _decode(table, f, rows, bad_rows)
         mean = torch.tensor(f.mean, dtype=torch.float32)[None, :, None, None]
         std = torch.tensor(f.std, dtype=torch.float32)[None, :, None, None]
-        return images.sub_(mean).div_(std)  # in place: the tensor is ours
+        return images.sub_(mean).div_(std), decoded  # in place: the tensor is ours
 
     def _target_tensor(self, table: Table) -> torch.Tensor:
         t = self.target
-        if t.name not in table.columns:
-            raise DataError(
-                f"{table.source}: target column '{t.name}' is missing; labelled data needs it "
-                "next to the feature columns; add it, or predict without targets"
-            )
         values = table.columns[t.name]
         if t.task == "regression":
             floats = _parse_target_floats(table, t.name)
@@ -326,16 +385,94 @@ def _shorten(items: list[str], limit: int = 20) -> str:
 
 
 class _Refs:
-    """Row references computed on demand (only an error message needs one)."""
+    """Row references of `rows` (default: all) of a table, computed on demand (only a message
+    needs one)."""
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, rows: np.ndarray) -> None:
         self.table = table
+        self.rows = rows
 
     def __getitem__(self, i: int) -> str:
-        return self.table.row_ref(i)
+        return self.table.row_ref(int(self.rows[i]))
 
     def __len__(self) -> int:
-        return self.table.num_rows
+        return len(self.rows)
+
+
+@dataclass
+class _Decoded:
+    """Images `fit` decoded from a train column; the first `transform` of it reuses them."""
+
+    values: np.ndarray  # the column they come from, recognised by identity
+    rows: np.ndarray  # (K,) ascending indices into it of the images decoded
+    images: torch.Tensor  # (K, C, H, W) float32 in [0, 1]
+
+    def take(
+        self, table: Table, f: FeatureSpec, rows: np.ndarray, bad_rows: BadRows | None
+    ) -> tuple[torch.Tensor, np.ndarray] | None:
+        """The images of `rows` of this column and their positions in `rows`; None when the
+        column is another one."""
+        if table.columns[f.name] is not self.values or not len(self.rows):
+            return None
+        at = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
+        hit = self.rows[at] == rows
+        # Rows fit could not decode: decode them again, to record them (or raise) here too.
+        if len(_decode(table, f, rows[~hit], bad_rows)[1]):
+            return None  # one can be read now: these are not the rows fit saw
+        if len(rows) == len(self.rows) and hit.all():
+            return self.images, np.arange(len(rows))
+        return self.images[torch.from_numpy(at[hit])], np.flatnonzero(hit)
+
+
+def _decode(
+    table: Table, f: FeatureSpec, rows: np.ndarray, bad_rows: BadRows | None
+) -> tuple[torch.Tensor, np.ndarray]:
+    """(K, C, H, W) images of `rows` in [0, 1] and their (K,) positions in `rows`."""
+    if bad_rows is None:
+        _check_present(table, f, rows)
+    return decode_images(
+        table.columns[f.name][rows],
+        size=(f.height, f.width),
+        channels=f.channels,
+        refs=_Refs(table, rows),
+        base_dir=_base_dir(table),
+        bad_rows=bad_rows,
+        column=f.name,
+    )
+
+
+def _good_rows(
+    table: Table,
+    features: list[FeatureSpec],
+    bad_rows: BadRows,
+    *,
+    target: str | None,
+    numeric_target: bool,
+    classes: dict[str | None, int] | None = None,
+) -> np.ndarray:
+    """Skip mode: record the rows with a bad value (images: once decoded) and return the (K,)
+    indices of the others. `classes`: a class outside them is bad (val/test targets)."""
+    checks = RowChecks(table)
+    if target is not None:
+        checks.target(target, numeric=numeric_target)
+        if classes is not None:
+            values = table.columns[target]
+            unknown = [k is not None and k not in classes for k in _keys(values)]
+            checks.add(
+                np.flatnonzero(unknown),
+                target,
+                UNKNOWN_CLASS,
+                lambda i: f"{quote(values[i])} is not a known class",
+            )
+    for f in features:
+        image = f.type == "image"  # cannot be filled in
+        checks.column(
+            f.name,
+            numeric=f.type == "numeric",
+            required=image or f.fill == "error",
+            missing=(MISSING_VALUE, "missing image" if image else "missing value"),
+        )
+    return checks.record(bad_rows)
 
 
 def _base_dir(table: Table) -> Path | None:
@@ -365,15 +502,29 @@ def _feature_names(table: Table, cfg: DataConfig) -> list[str]:
     return names
 
 
-def _column_type(table: Table, cfg: DataConfig, name: str) -> str:
+def _feature_spec(cfg: DataConfig, name: str, kind: Any) -> FeatureSpec:
+    column_cfg = cfg.columns.get(name)
+    inferred = column_cfg is None or column_cfg.type is None
+    fill = column_cfg.fill if column_cfg is not None else "error"
+    fill_value = column_cfg.fill_value if column_cfg is not None else None
+    return FeatureSpec(name, kind, inferred, fill=fill, fill_value=fill_value)
+
+
+def _column_type(table: Table, cfg: DataConfig, name: str, max_bad_fraction: float) -> str:
     declared = cfg.columns.get(name)
     if declared is not None and declared.type is not None:
         return declared.type
-    return infer_column_type(table.columns[name])
+    return infer_column_type(table.columns[name], max_bad_fraction)
 
 
-def infer_column_type(values: np.ndarray) -> Literal["numeric", "category", "image"]:
-    """image (arrays or .png/.jpg/.jpeg paths), numeric (numbers or numeric strings), category."""
+def infer_column_type(
+    values: np.ndarray, max_bad_fraction: float = 0.0
+) -> Literal["numeric", "category", "image"]:
+    """image (arrays or .png/.jpg/.jpeg paths), numeric (numbers or numeric strings), category.
+
+    `max_bad_fraction`: skip mode tolerates that share of values that are not numbers in a
+    numeric column (see `is_numeric_column`); they are bad rows then.
+    """
     if values.dtype.kind == "b":
         return "category"
     if values.dtype.kind in "iuf":
@@ -386,7 +537,7 @@ def infer_column_type(values: np.ndarray) -> Literal["numeric", "category", "ima
         return "image"
     if present and all(isinstance(v, str) and v.lower().endswith(IMAGE_SUFFIXES) for v in present):
         return "image"
-    return "numeric" if is_numeric_column(values) else "category"
+    return "numeric" if is_numeric_column(values, max_bad_fraction) else "category"
 
 
 def _parse_numeric(table: Table, f: FeatureSpec) -> np.ndarray:
@@ -433,8 +584,10 @@ def _missing_error(table: Table, f: FeatureSpec, i: int) -> None:
     )
 
 
-def _check_present(table: Table, f: FeatureSpec, values: np.ndarray) -> None:
-    for i, v in enumerate(values):
+def _check_present(table: Table, f: FeatureSpec, rows: np.ndarray) -> None:
+    values = table.columns[f.name]
+    for i in rows:
+        v = values[i]
         if not isinstance(v, np.ndarray) and _key(v) is None:
             raise DataError(
                 f"{table.row_ref(i)}, column '{f.name}': missing image; every row needs an image "
@@ -483,32 +636,43 @@ def _fit_category(table: Table, spec: FeatureSpec) -> None:
 
 
 def _fit_image(
-    table: Table, spec: FeatureSpec, cfg: DataConfig
-) -> tuple[np.ndarray, torch.Tensor] | None:
+    table: Table, spec: FeatureSpec, cfg: DataConfig, rows: np.ndarray, bad_rows: BadRows | None
+) -> _Decoded:
+    """Size, channels and per-channel statistics from the images of `rows`, decoded once."""
     if spec.fill != "error":
         raise ConfigError(
             f"data.columns.{spec.name}.fill={spec.fill}: column '{spec.name}' holds images, "
             "which cannot be filled in; remove the fill rule and give every row an image"
         )
     values = table.columns[spec.name]
-    _check_present(table, spec, values)
-    first = load_image(values[0], ref=table.row_ref(0), base_dir=_base_dir(table))
-    spec.height, spec.width = cfg.image.size or first.shape[:2]
-    spec.channels = cfg.image.channels or (1 if is_grayscale(first) else 3)
-    images = images_to_tensor(
-        values,
+    if bad_rows is None:
+        _check_present(table, spec, rows)
+    first = None  # the first image that can be read sets what the config leaves open
+    for i in rows:
+        try:
+            first = load_image(values[i], ref=table.row_ref(int(i)), base_dir=_base_dir(table))
+            break
+        except DataError:
+            if bad_rows is None:
+                raise  # skip mode: decode_images below records it
+    spec.height, spec.width = cfg.image.size or (first.shape[:2] if first is not None else (1, 1))
+    spec.channels = cfg.image.channels or (1 if first is None or is_grayscale(first) else 3)
+    images, decoded = decode_images(
+        values[rows],
         size=(spec.height, spec.width),
         channels=spec.channels,
-        refs=_Refs(table),
+        refs=_Refs(table, rows),
         base_dir=_base_dir(table),
-    )  # (N, C, H, W) in [0, 1]
+        bad_rows=bad_rows,
+        column=spec.name,
+    )  # (K, C, H, W) in [0, 1]
     means, stds = [], []
     for c in range(spec.channels):
         channel = images[:, c].double()
         means.append(float(channel.mean()))
         stds.append(float(channel.std(correction=0)) or 1.0)
     spec.mean, spec.std = means, stds
-    return values, images
+    return _Decoded(values, rows[decoded], images)
 
 
 def _parse_target_floats(table: Table, name: str) -> np.ndarray:
@@ -529,9 +693,9 @@ def _parse_target_floats(table: Table, name: str) -> np.ndarray:
     return floats
 
 
-def _fit_target(table: Table, cfg: DataConfig) -> TargetSpec:
+def _fit_target(table: Table, cfg: DataConfig, kind: str) -> TargetSpec:
+    """`kind`: from `infer_target_kind` (which also checks the column is there, not an image)."""
     name = cfg.target
-    kind = infer_target_kind(table, cfg)  # also: target column present, not an image
     declared = cfg.columns.get(name)
     if declared is not None and declared.fill != "error":
         raise ConfigError(

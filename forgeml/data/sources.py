@@ -22,6 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from forgeml.data.bad_rows import (
+    INVALID_JSON,
+    INVALID_UTF8,
+    NOT_AN_OBJECT,
+    WRONG_FIELD_COUNT,
+    BadRows,
+)
 from forgeml.data.table import Table
 from forgeml.errors import DataError
 
@@ -31,7 +38,11 @@ _DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 
 
 def read_table(
-    spec: str, *, delimiter: str | None = None, base_dir: str | Path | None = None
+    spec: str,
+    *,
+    delimiter: str | None = None,
+    base_dir: str | Path | None = None,
+    bad_rows: BadRows | None = None,
 ) -> Table:
     """Read a data source into a `Table`.
 
@@ -43,13 +54,17 @@ def read_table(
             extension ("," for .csv, tab for .tsv/.tab). Ignored by other formats.
         base_dir: Directory that relative paths are resolved against (e.g. the config file's
             folder); the current directory when None.
+        bad_rows: Skip mode (`data.on_bad_rows: skip`): a CSV/TSV record with the wrong number
+            of fields, a JSONL line that is not a JSON object and a line that is not UTF-8 are
+            recorded here and left out. None: they raise.
 
     Returns:
         The table; its `source` is `spec` as given, so error messages name what the user wrote.
 
     Raises:
-        DataError: The source is missing, unreadable, of an unsupported kind or malformed. The
-            message is one line naming the file and line, row or column at fault.
+        DataError: The source is missing, unreadable, of an unsupported kind or malformed (or,
+            skipping bad rows, has none left). The message is one line naming the file and line,
+            row or column at fault.
     """
     spec = str(spec)
     if spec.startswith("builtin:"):
@@ -65,10 +80,12 @@ def read_table(
             return _read_image_folder(path, spec)
         suffix = path.suffix.lower()
         if suffix in _DELIMITERS:
-            return _read_delimited(path, spec, delimiter or _DELIMITERS[suffix])
+            return _read_delimited(path, spec, delimiter or _DELIMITERS[suffix], bad_rows)
+        if suffix in _JSONL:
+            return _read_jsonl(path, spec, bad_rows)
         if suffix in _READERS:
             return _READERS[suffix](path, spec)
-        supported = ", ".join([*_DELIMITERS, *_READERS])
+        supported = ", ".join([*_DELIMITERS, *_JSONL, *_READERS])
         raise _error(
             f"{spec}: unsupported file type {path.suffix or '(no extension)'!r}; expected one of "
             f"{supported}, an image folder or builtin:NAME; convert the file or rename it"
@@ -105,29 +122,60 @@ def _object_array(values: Any) -> np.ndarray:
     return np.fromiter(values, dtype=object, count=len(values))
 
 
-def _read_text(path: Path, name: str) -> str:
+def _read_text(
+    path: Path, name: str, bad_rows: BadRows | None = None, *, header: bool = False
+) -> tuple[str, set[int]]:
+    """The file as text, and the numbers of the lines blanked in it: skipping bad rows, a line
+    that is not UTF-8 is recorded and blanked (readers skip blank lines, and the lines after it
+    keep their numbers). A `header` line cannot be skipped."""
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8-sig")  # -sig drops the byte-order mark Excel writes
+        return raw.decode("utf-8-sig"), set()  # -sig drops the byte-order mark Excel writes
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise _error(
-            f"{name}, line {line}: byte 0x{raw[e.start]:02x} is not valid UTF-8; expected UTF-8 "
-            f"text; re-save the file as UTF-8 (e.g. 'CSV UTF-8' in Excel)"
-        ) from None
+        if bad_rows is None:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise _utf8_error(name, line, raw[e.start]) from None
+    lines: list[str] = []
+    blanked: set[int] = set()
+    for number, data in enumerate(raw.split(b"\n"), start=1):
+        try:
+            lines.append(data.decode("utf-8-sig" if number == 1 else "utf-8"))
+            continue
+        except UnicodeDecodeError as e:
+            if header and not any(line.strip() for line in lines):
+                raise _utf8_error(name, number, data[e.start]) from None
+            detail = f"byte 0x{data[e.start]:02x} is not valid UTF-8"
+        bad_rows.record(f"{name}, line {number}", None, INVALID_UTF8, detail)
+        lines.append("")
+        blanked.add(number)
+    return "\n".join(lines), blanked
+
+
+def _utf8_error(name: str, line: int, byte: int) -> DataError:
+    return _error(
+        f"{name}, line {line}: byte 0x{byte:02x} is not valid UTF-8; expected UTF-8 "
+        f"text; re-save the file as UTF-8 (e.g. 'CSV UTF-8' in Excel)"
+    )
+
+
+def _all_rows_bad(name: str, bad_rows: BadRows | None) -> None:
+    """Skipping bad rows, a file whose every row was bad says so (not just 'no data rows')."""
+    if bad_rows is not None and bad_rows.count:
+        bad_rows.check(bad_rows.count, 1.0, name)
 
 
 # --- delimited text (CSV/TSV) ------------------------------------------------------------------
 
 
-def _read_delimited(path: Path, name: str, delimiter: str) -> Table:
+def _read_delimited(path: Path, name: str, delimiter: str, bad_rows: BadRows | None) -> Table:
     if len(delimiter) != 1:
         raise _error(
             f"delimiter {delimiter!r} for {name} is not one character; expected e.g. ',' or a "
             f"tab; fix the delimiter setting"
         )
     # newline="" leaves line breaks inside quoted fields to the csv module, as its docs require.
-    reader = csv.reader(io.StringIO(_read_text(path, name), newline=""), delimiter=delimiter)
+    text, blanked = _read_text(path, name, bad_rows, header=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header: list[str] | None = None
     rows: list[list[str]] = []
     numbers: list[int] = []
@@ -139,14 +187,17 @@ def _read_delimited(path: Path, name: str, delimiter: str) -> Table:
             line, next_start = next_start, reader.line_num + 1
             if not record:  # blank line
                 continue
+            if blanked and any(line <= b <= reader.line_num for b in blanked):
+                continue  # a quoted field lost a line that was not UTF-8: drop the whole record
             if header is None:
                 header = _check_header(record, name, line)
             elif len(record) != len(header):
-                hint = "an unquoted delimiter" if len(record) > len(header) else "a missing field"
-                raise _error(
-                    f"{name}, line {line}: expected {len(header)} fields as in the header, found "
-                    f"{len(record)}; check for {hint} in that row"
-                )
+                detail = f"expected {len(header)} fields as in the header, found {len(record)}"
+                if bad_rows is None:
+                    more = len(record) > len(header)
+                    hint = "an unquoted delimiter" if more else "a missing field"
+                    raise _error(f"{name}, line {line}: {detail}; check for {hint} in that row")
+                bad_rows.record(f"{name}, line {line}", None, WRONG_FIELD_COUNT, detail)
             else:
                 rows.append(record)
                 numbers.append(line)
@@ -155,6 +206,7 @@ def _read_delimited(path: Path, name: str, delimiter: str) -> Table:
             f"{name}, line {reader.line_num}: cannot parse the row ({e}); check its quotes"
         ) from None
     if header is None or not rows:
+        _all_rows_bad(name, bad_rows)
         raise _no_rows(name, "a header line and at least one row")
     # An empty cell is a missing value; everything else stays text for preprocessing to parse.
     columns = {h: _object_array([r[j] or None for r in rows]) for j, h in enumerate(header)}
@@ -182,27 +234,37 @@ def _check_header(record: list[str], name: str, line: int) -> list[str]:
 # --- JSON lines --------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path, name: str) -> Table:
+def _read_jsonl(path: Path, name: str, bad_rows: BadRows | None) -> Table:
     records: list[dict[str, Any]] = []
     numbers: list[int] = []
-    for line_no, line in enumerate(_read_text(path, name).split("\n"), start=1):
+    text, _ = _read_text(path, name, bad_rows)
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise _error(
-                f"{name}, line {line_no}: invalid JSON ({e.msg} at column {e.colno}); expected "
-                f"one JSON object per line; fix or remove that line"
-            ) from None
+            detail = f"invalid JSON ({e.msg} at column {e.colno})"
+            if bad_rows is None:
+                raise _error(
+                    f"{name}, line {line_no}: {detail}; expected one JSON object per line; fix "
+                    f"or remove that line"
+                ) from None
+            bad_rows.record(f"{name}, line {line_no}", None, INVALID_JSON, detail)
+            continue
         if not isinstance(record, dict):
-            raise _error(
-                f"{name}, line {line_no}: found a JSON {_json_kind(record)}, expected a JSON "
-                f'object such as {{"x": 1.5, "label": "cat"}}; write one object per line'
-            )
+            if bad_rows is None:
+                raise _error(
+                    f"{name}, line {line_no}: found a JSON {_json_kind(record)}, expected a JSON "
+                    f'object such as {{"x": 1.5, "label": "cat"}}; write one object per line'
+                )
+            detail = f"found a JSON {_json_kind(record)}, expected a JSON object"
+            bad_rows.record(f"{name}, line {line_no}", None, NOT_AN_OBJECT, detail)
+            continue
         records.append(record)
         numbers.append(line_no)
     if not records:
+        _all_rows_bad(name, bad_rows)
         raise _no_rows(name, "one JSON object per line")
     names = list(dict.fromkeys(k for r in records for k in r))  # union, first-seen order
     columns = {k: _jsonl_column([r.get(k) for r in records]) for k in names}
@@ -382,9 +444,9 @@ def _read_image_folder(path: Path, name: str) -> Table:
     return Table(columns, source=name, row_label="file")
 
 
+_JSONL = (".jsonl", ".ndjson")
+
 _READERS: dict[str, Callable[[Path, str], Table]] = {
-    ".jsonl": _read_jsonl,
-    ".ndjson": _read_jsonl,
     ".parquet": _read_parquet,
     ".npz": _read_npz,
 }

@@ -7,6 +7,7 @@ conventions (None, NaN or an empty string is a missing value).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -19,7 +20,8 @@ from forgeml.errors import ConfigError, DataError
 MAX_INTEGER_CLASSES = 20
 
 
-def _is_missing(v: object) -> bool:
+def is_missing(v: object) -> bool:
+    """None, NaN or a blank string: a missing value (`Table` conventions)."""
     if v is None:
         return True
     if isinstance(v, float | np.floating):
@@ -33,47 +35,103 @@ def parse_floats(values: np.ndarray) -> tuple[np.ndarray, int | None]:
     Returns (N,) float64 with NaN for missing values, and the index of the first value that is
     not a finite number (None when all parse). Numeric arrays are converted without a Python loop.
     """
+    floats, bad = parse_float_column(values, max_bad=1)
+    return floats, (int(bad[0]) if len(bad) else None)
+
+
+def parse_float_column(
+    values: np.ndarray, *, max_bad: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Parse a column as numbers and find every value that is not a finite number.
+
+    Returns (N,) float64, NaN for missing and for bad values, and the ascending (B,) int64
+    indices of the bad values. With `max_bad`, the search stops once that many are found (the
+    floats after the last one found are then left NaN).
+    """
     if values.dtype.kind in "biuf":
-        floats = values.astype(np.float64)
-        bad = np.flatnonzero(np.isinf(floats))
-        return floats, (int(bad[0]) if len(bad) else None)
-    try:  # fast path: numpy calls float() on each object ("3.5" -> 3.5, None -> NaN)
-        floats = values.astype(np.float64)
-        bad = np.flatnonzero(np.isinf(floats))
-        return floats, (int(bad[0]) if len(bad) else None)
-    except (TypeError, ValueError):
-        pass  # an empty string, a word or an array somewhere: find it value by value
-    floats = np.empty(len(values), dtype=np.float64)
-    for i, v in enumerate(values):
-        if _is_missing(v):
-            floats[i] = np.nan
-            continue
+        floats, unparsable = values.astype(np.float64), np.empty(0, dtype=np.int64)
+    else:
+        try:  # one numpy call: it calls float() on each object ("3.5" -> 3.5, None -> NaN)
+            floats, unparsable = values.astype(np.float64), np.empty(0, dtype=np.int64)
+        except (TypeError, ValueError):  # a blank string, a word or an array somewhere
+            floats, unparsable = _parse_in_chunks(_blanks_as_none(values), max_bad)
+    bad = np.union1d(unparsable, np.flatnonzero(np.isinf(floats)))
+    floats[bad] = np.nan
+    return floats, bad[:max_bad]
+
+
+def _blanks_as_none(values: np.ndarray) -> np.ndarray:
+    """Blank cells ("" and " ", as in 'a, ,b') as None, which numpy parses as NaN."""
+    try:
+        blank = (values == "") | (values == " ")
+    except ValueError:  # an array among the values: left to the value-by-value parse
+        return values
+    return np.where(blank, None, values) if blank.any() else values
+
+
+# Chunks of at most this many values are parsed value by value when numpy cannot parse them.
+_LEAF = 32
+
+
+def _parse_in_chunks(values: np.ndarray, max_bad: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) float64 (NaN: missing, bad or not reached) and the indices of unparsable values.
+
+    A chunk numpy cannot parse is halved and each half tried again, so clean stretches stay one
+    numpy call each and only the few values around a bad one are parsed in Python.
+    """
+    floats = np.full(len(values), np.nan)
+    unparsable: list[int] = []
+    stack = [(0, len(values))]
+    while stack:
+        start, stop = stack.pop()
         try:
-            floats[i] = float(v)  # type: ignore[arg-type]
+            floats[start:stop] = values[start:stop].astype(np.float64)
+            continue
         except (TypeError, ValueError):
-            return floats, i
-        if np.isinf(floats[i]):
-            return floats, i
-    return floats, None
+            pass
+        if stop - start > _LEAF:
+            middle = (start + stop) // 2
+            stack += [(middle, stop), (start, middle)]  # left half first: bad values in order
+            continue
+        for i in range(start, stop):
+            try:
+                floats[i] = float(values[i])
+            except (TypeError, ValueError):
+                if not is_missing(values[i]):  # other blank strings stay NaN
+                    unparsable.append(i)
+        if max_bad is not None and len(unparsable) >= max_bad:
+            break
+    return floats, np.array(unparsable, dtype=np.int64)
 
 
-def is_numeric_column(values: np.ndarray) -> bool:
-    """Every non-missing value is a number or a numeric string; booleans are categories."""
+def is_numeric_column(values: np.ndarray, max_bad_fraction: float = 0.0) -> bool:
+    """Every non-missing value is a number or a numeric string; booleans are categories.
+
+    With `max_bad_fraction` > 0 (data.on_bad_rows=skip), up to that share of the values (at
+    least one) may be something else, as long as numbers outnumber them: those rows are then bad
+    rows. A typo in a small numeric column is thus a bad row, not a reason to make it a category.
+    """
     if values.dtype.kind in "iuf":
         return True
     if values.dtype.kind != "O":
         return False
     if any(isinstance(v, bool | np.bool_) for v in values):
         return False
-    _, bad = parse_floats(values)
-    return bad is None
+    allowed = math.ceil(max_bad_fraction * len(values) - 1e-9)  # - 1e-9: 0.01 * 300 is 3
+    floats, bad = parse_float_column(values, max_bad=allowed + 1)
+    if not len(bad):
+        return True
+    return len(bad) <= allowed and int(np.count_nonzero(~np.isnan(floats))) > len(bad)
 
 
-def infer_target_kind(table: Table, cfg: DataConfig) -> Literal["category", "numeric"]:
+def infer_target_kind(
+    table: Table, cfg: DataConfig, *, max_bad_fraction: float = 0.0
+) -> Literal["category", "numeric"]:
     """Whether `cfg.target` holds classes or numbers.
 
     A declared `data.columns.<target>.type` wins. Otherwise the target is numeric when every value
-    is a number and either some value has a fraction or there are more than 20 distinct values.
+    is a number (but `max_bad_fraction` of them, see `is_numeric_column`) and either some value
+    has a fraction or there are more than 20 distinct values.
     """
     name = cfg.target
     if name not in table.columns:
@@ -90,9 +148,9 @@ def infer_target_kind(table: Table, cfg: DataConfig) -> Literal["category", "num
             )
         return declared.type
     values = table.columns[name]
-    if not is_numeric_column(values):
+    if not is_numeric_column(values, max_bad_fraction):
         return "category"
-    floats, _ = parse_floats(values)
+    floats, _ = parse_float_column(values)
     floats = floats[~np.isnan(floats)]
     fractional = bool(np.any(floats != np.round(floats)))
     return "numeric" if fractional or len(np.unique(floats)) > MAX_INTEGER_CLASSES else "category"

@@ -118,7 +118,7 @@ class Checkpointer:
         torch.save(
             {
                 "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "tensors": tensors,
             },
             tmp / "optim.pt",

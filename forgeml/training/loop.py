@@ -9,6 +9,7 @@ Extension goes through named events on `callbacks` (objects with any of `on_epoc
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import signal
@@ -22,12 +23,15 @@ from typing import Any
 import torch
 from rich.console import Console
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from forgeml.config import TrainConfig
 from forgeml.data.loader import TensorData
 from forgeml.errors import ConfigError, ForgeError
 from forgeml.evaluate.metrics import MetricSet, metric_mode, scalar_metrics
 from forgeml.training.checkpoint import Checkpointer, capture_rng, restore_rng
+from forgeml.training.distributed import all_reduce_sum, world_size
+from forgeml.training.distributed import rank as dist_rank
 from forgeml.training.optim import build_optimizer, build_scheduler
 from forgeml.training.progress import TrainingProgress
 from forgeml.training.runtime import autocast, resolve_precision
@@ -103,10 +107,20 @@ def fit(
     """
     console = console or Console()
     device = next(model.parameters()).device
-    precision = resolve_precision(cfg.precision, device)
+    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    precision = resolve_precision(
+        cfg.precision, device, num_params=num_params, batch_size=cfg.batch_size
+    )
     train, val = train.to(device), (val.to(device) if val is not None else None)
     num_rows, batch_size, accum = len(train), cfg.batch_size, cfg.grad_accum_steps
+    world, rank = world_size(), dist_rank()
     batches_per_epoch = math.ceil(num_rows / batch_size)
+    if world > 1 and 0 < num_rows % batch_size < world:
+        batches_per_epoch -= (
+            1  # a last global batch smaller than the world: not every rank gets a row
+        )
+    usable_rows = min(num_rows, batches_per_epoch * batch_size)
+    quiet = quiet or rank != 0  # only rank 0 talks
     steps_per_epoch = math.ceil(batches_per_epoch / accum)
     total_steps = steps_per_epoch * cfg.max_epochs
     if cfg.max_steps is not None:
@@ -116,6 +130,7 @@ def fit(
     scheduler = build_scheduler(
         cfg.scheduler, optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch
     )
+    params = [p for p in model.parameters() if p.requires_grad]
     order = torch.Generator().manual_seed(seed)  # data order, independent of model init/dropout
     augment_rng = torch.Generator().manual_seed(seed + 1)
     early = cfg.early_stopping
@@ -126,7 +141,8 @@ def fit(
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resume["scheduler"])
         state = LoopState(**resume["trainer"]["loop"])
         tensors = resume["tensors"]
         epoch_order = tensors["epoch_order"]
@@ -140,6 +156,13 @@ def fit(
             best_state = copy.deepcopy(model.state_dict())  # the checkpoint's weights are best
         if state.stop_reason in ("max_epochs", "max_steps"):
             state.stop_reason = None  # the limits may have been raised for this resume
+
+    # DDP averages gradients over ranks; the unwrapped `model` keeps the state_dict names.
+    net = model
+    if world > 1:
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     def save_checkpoint(is_best: bool = False) -> Path | None:
         if checkpointer is None:
@@ -184,36 +207,43 @@ def fit(
             for batch in range(state.batch, batches_per_epoch):
                 if state.step >= total_steps:
                     break
-                index = permutation[batch * batch_size : (batch + 1) * batch_size]
-                inputs, target = train.batch(index)
+                index = permutation[batch * batch_size : (batch + 1) * batch_size]  # global
+                local = index[rank::world] if world > 1 else index  # this rank's rows of it
+                inputs, target = train.batch(local)
                 if augment is not None:
                     inputs = augment(inputs, augment_rng)
-                with autocast(precision, device):
-                    outputs = model(inputs)  # (B, out_dim)
-                loss = loss_fn(outputs.float(), target)
-                if accum > 1:
-                    # Weight each micro-batch by its share of the rows of this optimizer step:
-                    # the step then sees the gradient of the mean over all of them, as one big
-                    # batch would, also for a short last group or a short last micro-batch.
-                    first = batch - batch % accum
-                    last = min(first + accum, batches_per_epoch)
-                    rows = min(last * batch_size, num_rows) - first * batch_size
-                    (loss * (len(index) / rows)).backward()
-                else:
-                    loss.backward()
-                group_loss += loss.detach() * len(index)
-                group_rows += len(index)
+                stepping = (batch + 1) % accum == 0 or batch + 1 == batches_per_epoch
+                # Weight each micro-batch by its share of the rows of this optimizer step (over
+                # all ranks): the step then sees the gradient of the mean over all of them, as
+                # one big batch on one process would, also for short last batches.
+                first = batch - batch % accum
+                last = min(first + accum, batches_per_epoch)
+                scale = (
+                    len(local) * world / (min(last * batch_size, usable_rows) - first * batch_size)
+                )
+                with net.no_sync() if world > 1 and not stepping else contextlib.nullcontext():
+                    with autocast(precision, device):
+                        outputs = net(inputs)  # (B, out_dim)
+                    loss = loss_fn(outputs.float(), target)
+                    (loss * scale if scale != 1.0 else loss).backward()
+                group_loss.add_(loss.detach(), alpha=len(local))
+                group_rows += len(local)
                 progress.advance()
 
-                if (batch + 1) % accum and batch + 1 != batches_per_epoch:
+                if not stepping:
                     continue  # accumulate more micro-batches before stepping
-                params = [p for p in model.parameters() if p.grad is not None]
+                # A NaN must never reach the weights: one scalar check per optimizer step, of the
+                # loss and the global gradient norm. A finite loss can still have non-finite
+                # gradients (sqrt or norm of an exact zero, overflow in backward), so the norm
+                # is always checked; clipping computes it anyway.
                 if cfg.grad_clip is not None:
                     grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 else:
-                    grad_norm = nn.utils.get_total_norm([p.grad for p in params])
-                # One host sync per optimizer step: a NaN must never reach the weights.
-                if not bool(torch.isfinite(grad_norm + group_loss)):
+                    grad_norm = nn.utils.get_total_norm(
+                        [p.grad for p in params if p.grad is not None]
+                    )
+                health = group_loss + grad_norm
+                if not bool(torch.isfinite(health)):
                     _nonfinite(
                         cfg,
                         state,
@@ -226,15 +256,17 @@ def fit(
                     state.skipped += 1
                 else:
                     optimizer.step()
-                    loss_sum += group_loss
+                    loss_sum.add_(group_loss)
                     state.seen += group_rows
-                scheduler.step()
+                if scheduler is not None:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                group_loss, group_rows = torch.zeros((), device=device), 0
+                group_loss.zero_()
+                group_rows = 0
                 state.step += 1
                 state.batch = batch + 1
                 if state.step % cfg.log_every_steps == 0:
-                    rate = state.seen / max(time.perf_counter() - started, 1e-9)
+                    rate = state.seen * world / max(time.perf_counter() - started, 1e-9)
                     progress.log_step(
                         epoch=state.epoch, batch=batch + 1, loss=loss.item(), samples_per_s=rate
                     )
@@ -246,11 +278,10 @@ def fit(
             # ---- end of epoch: evaluate, record, check convergence
             epoch = state.epoch
             elapsed = max(time.perf_counter() - started, 1e-9)
-            train_loss = (loss_sum / max(state.seen, 1)).item()
+            train_loss = _global_mean(loss_sum, state.seen)
             lr = optimizer.param_groups[0]["lr"]
-            rows = [
-                _row(state.step, epoch, "train", {"loss": train_loss}, lr, state.seen / elapsed)
-            ]
+            rate = state.seen * world / elapsed  # rows/s over all ranks (shards are equal)
+            rows = [_row(state.step, epoch, "train", {"loss": train_loss}, lr, rate)]
             if val is not None:
                 val_metrics = evaluate(
                     model,
@@ -265,7 +296,7 @@ def fit(
                 rows.append(_row(state.step, epoch, "val", scalar_metrics(val_metrics), lr, None))
             state.history.extend(rows)
             shown = {f"{r['split']}_{k}": v for r in rows for k, v in r["metrics"].items()}
-            progress.end_epoch(epoch, _headline(shown), state.seen / elapsed)
+            progress.end_epoch(epoch, _headline(shown), rate)
             for row in rows:
                 _emit(callbacks, "on_eval_end", row)
             _emit(callbacks, "on_epoch_end", rows[0])
@@ -357,6 +388,8 @@ def evaluate(
     on the standardised scale it is trained on; mae/mse/rmse are reported in the target's units.
     """
     device = next(model.parameters()).device
+    if world_size() > 1:  # each rank scores its slice; the metric states are reduced below
+        data = TensorData(*data.batch(slice(dist_rank(), None, world_size())))
     metrics = MetricSet(task, class_names=class_names, device=device)
     loss_sum, count = torch.zeros((), device=device), 0
     for outputs, target in forward_batches(model, data, batch_size=batch_size, precision=precision):
@@ -367,7 +400,7 @@ def evaluate(
             wide = torch.float32 if device.type == "mps" else torch.float64  # MPS: no float64
             outputs, target = outputs.to(wide) * std + mean, target.to(wide) * std + mean
         metrics.update(outputs, target)
-    return {"loss": (loss_sum / max(count, 1)).item(), **metrics.compute()}
+    return {"loss": _global_mean(loss_sum, count), **metrics.compute()}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -463,6 +496,15 @@ def _monitor(early: Any, *, has_val: bool) -> tuple[str | None, str]:
 
 
 HEADLINE = ("loss", "accuracy", "f1_macro", "roc_auc", "rmse", "r2")
+
+
+def _global_mean(total: Tensor, count: int) -> float:
+    """total / count over all ranks (just this process's numbers without torch.distributed)."""
+    if world_size() == 1:
+        return (total / max(count, 1)).item()
+    both = torch.stack([total.double(), torch.tensor(float(count), device=total.device).double()])
+    both = all_reduce_sum(both)
+    return (both[0] / max(both[1].item(), 1.0)).item()
 
 
 def _headline(metrics: dict[str, float]) -> dict[str, float]:

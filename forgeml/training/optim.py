@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -31,9 +32,14 @@ def build_scheduler(
     *,
     total_steps: int,
     steps_per_epoch: int,
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-optimizer-step schedule: linear warmup, then constant / step / cosine; or one-cycle."""
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """A per-optimizer-step schedule: linear warmup, then constant / step / cosine; or one-cycle.
+
+    None for a constant rate without warmup: nothing to step (and nothing to pay per step).
+    """
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+    if cfg.name == "constant" and warmup == 0:
+        return None
     if cfg.name == "onecycle":
         peak = [group["lr"] for group in optimizer.param_groups]
         # OneCycle has its own warmup phase; default to 30% of the run as in the paper's recipe.
@@ -62,7 +68,10 @@ def build_loss(cfg: LossConfig, task: str, class_weights: Tensor | None = None):
     outputs: (B, C) logits (multiclass) or (B, 1) logit / value; target: (B,) int64 or float32.
     """
     if task == "multiclass":
-        return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
+        # The function, not the nn.Module: a few microseconds less per step, same arithmetic.
+        return functools.partial(
+            F.cross_entropy, weight=class_weights, label_smoothing=cfg.label_smoothing
+        )
     if task == "binary":
 
         def binary(outputs: Tensor, target: Tensor) -> Tensor:

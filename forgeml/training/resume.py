@@ -48,11 +48,21 @@ def checkpointer_for(run_dir: RunDir, cfg: Config) -> Checkpointer:
 
 
 def open_run(
-    cfg: Config, resume: bool | str | Path | None, log: Callable[[str], None]
+    cfg: Config,
+    resume: bool | str | Path | None,
+    log: Callable[[str], None],
+    *,
+    writer: bool = True,
 ) -> tuple[RunDir, dict[str, Any] | None]:
-    """The run directory to write, and the checkpoint to continue from (None: a fresh start)."""
+    """The run directory to write, and the checkpoint to continue from (None: a fresh start).
+
+    `writer=False` (ranks other than 0) only finds and loads the checkpoint; it never touches
+    the directory.
+    """
     run_dir = RunDir(Path(cfg.output.dir) / (cfg.output.name or "run"))
     checkpointer = checkpointer_for(run_dir, cfg)
+    if not writer:
+        return run_dir, (_find_checkpoint(run_dir, checkpointer, resume, log) if resume else None)
     if not resume:
         if not cfg.output.overwrite and not run_dir.is_complete and checkpointer.committed():
             newest = checkpointer.committed()[0]
@@ -63,24 +73,8 @@ def open_run(
         run_dir.prepare(overwrite=cfg.output.overwrite)
         return run_dir, None
 
-    if isinstance(resume, str | Path) and not isinstance(resume, bool):
-        try:
-            checkpoint = load_checkpoint(resume)
-        except CheckpointError as exc:
-            raise ForgeError(f"--resume {resume}: {exc}; pass another checkpoint") from None
-    else:
-        if not run_dir.path.is_dir():
-            raise ForgeError(
-                f"--resume: run directory {run_dir.path} does not exist; train without --resume "
-                "first, or set output.name to the run to continue"
-            )
-        checkpointer.clean_temporary()
-        checkpoint = checkpointer.latest_valid(log)
-        if checkpoint is None:
-            raise ForgeError(
-                f"--resume: no valid checkpoint in {checkpointer.root}; train again without "
-                "--resume (with output.overwrite=true)"
-            )
+    checkpointer.clean_temporary()
+    checkpoint = _find_checkpoint(run_dir, checkpointer, resume, log)
     _check_config(run_dir, cfg)
     # From here the directory is an unfinished run again: drop the manifest first.
     (run_dir.path / MANIFEST).unlink(missing_ok=True)
@@ -92,6 +86,31 @@ def open_run(
         f"batch {loop['batch']})"
     )
     return run_dir, checkpoint
+
+
+def _find_checkpoint(
+    run_dir: RunDir,
+    checkpointer: Checkpointer,
+    resume: bool | str | Path,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    if isinstance(resume, str | Path) and not isinstance(resume, bool):
+        try:
+            return load_checkpoint(resume)
+        except CheckpointError as exc:
+            raise ForgeError(f"--resume {resume}: {exc}; pass another checkpoint") from None
+    if not run_dir.path.is_dir():
+        raise ForgeError(
+            f"--resume: run directory {run_dir.path} does not exist; train without --resume "
+            "first, or set output.name to the run to continue"
+        )
+    checkpoint = checkpointer.latest_valid(log)
+    if checkpoint is None:
+        raise ForgeError(
+            f"--resume: no valid checkpoint in {checkpointer.root}; train again without "
+            "--resume (with output.overwrite=true)"
+        )
+    return checkpoint
 
 
 def _check_config(run_dir: RunDir, cfg: Config) -> None:

@@ -29,7 +29,8 @@ def lr_trace(cfg: SchedulerConfig, *, lr: float, total_steps: int, steps_per_epo
     for _ in range(total_steps):
         used.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
-        scheduler.step()
+        if scheduler is not None:  # constant without warmup: no scheduler at all
+            scheduler.step()
     return used, optimizer.param_groups[0]["lr"]
 
 
@@ -79,6 +80,9 @@ def test_frozen_parameters_are_not_optimized() -> None:
 
 
 def test_constant_schedule() -> None:
+    param = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    assert build_scheduler(SchedulerConfig(), optimizer, total_steps=20, steps_per_epoch=5) is None
     used, last = lr_trace(SchedulerConfig(), lr=0.1, total_steps=20, steps_per_epoch=5)
     assert used == [0.1] * 20 and last == 0.1
 

@@ -1,0 +1,79 @@
+"""torch.distributed as a branch, not a subsystem.
+
+The same code runs with 1 or N processes. Under `torchrun` (WORLD_SIZE > 1) the process group is
+initialised from the environment (gloo on CPU, NCCL on GPU), the model is wrapped in DDP, each
+rank takes its slice of every global batch and of the evaluation data, metrics are reduced across
+ranks, and only rank 0 logs and writes files. Without torchrun every helper here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a single process): the one rank that logs and writes files."""
+    return rank() == 0
+
+
+def init_from_env() -> None:
+    """Join the process group torchrun describes in the environment; no-op without it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks in place (gloo and NCCL both reduce CPU/GPU tensors here)."""
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def restart_count() -> int:
+    """How often torchrun has restarted this job (elastic `--max-restarts`); 0 otherwise."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def launch(nproc: int, argv: list[str], *, max_restarts: int = 0) -> None:
+    """Replace this process with `torchrun --nproc-per-node N -m forgeml ARGV` (no return)."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        f"--max-restarts={max_restarts}",
+        "-m",
+        "forgeml",
+        *argv,
+    ]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
