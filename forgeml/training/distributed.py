@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -32,11 +33,22 @@ def init_from_env() -> None:
     """Join the process group torchrun describes in the environment; no-op without it."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return
+    world, this_rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    # The rendezvous store outlives an elastic restart. Namespacing our keys by restart round
+    # keeps a restarted rank from reading the address a dead rank published in the last round.
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=this_rank == 0 and not agent_store,
+        timeout=timedelta(minutes=5),
+    )
+    store = dist.PrefixStore(f"forgeml/round{restart_count()}", store)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, store=store, rank=this_rank, world_size=world)
 
 
 def shutdown() -> None:

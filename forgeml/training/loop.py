@@ -131,6 +131,10 @@ def fit(
         cfg.scheduler, optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch
     )
     params = [p for p in model.parameters() if p.requires_grad]
+    # Buffers (BatchNorm running statistics) change in the forward pass, before the non-finite
+    # check: a copy from the start of each optimizer step lets a refused step undo them too.
+    buffers = list(model.buffers())
+    buffers_before = [b.detach().clone() for b in buffers]
     order = torch.Generator().manual_seed(seed)  # data order, independent of model init/dropout
     augment_rng = torch.Generator().manual_seed(seed + 1)
     early = cfg.early_stopping
@@ -213,6 +217,8 @@ def fit(
                 if augment is not None:
                     inputs = augment(inputs, augment_rng)
                 stepping = (batch + 1) % accum == 0 or batch + 1 == batches_per_epoch
+                if buffers and batch % accum == 0:  # the first micro-batch of a step
+                    torch._foreach_copy_(buffers_before, buffers)
                 # Weight each micro-batch by its share of the rows of this optimizer step (over
                 # all ranks): the step then sees the gradient of the mean over all of them, as
                 # one big batch on one process would, also for short last batches.
@@ -244,6 +250,8 @@ def fit(
                     )
                 health = group_loss + grad_norm
                 if not bool(torch.isfinite(health)):
+                    if buffers:
+                        torch._foreach_copy_(buffers, buffers_before)
                     _nonfinite(
                         cfg,
                         state,

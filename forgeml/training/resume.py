@@ -12,6 +12,7 @@ Rules:
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ def open_run(
         return run_dir, None
 
     checkpointer.clean_temporary()
-    checkpoint = _find_checkpoint(run_dir, checkpointer, resume, log)
+    checkpoint = _find_checkpoint(run_dir, checkpointer, resume, _warn)
     _check_config(run_dir, cfg)
     # From here the directory is an unfinished run again: drop the manifest first.
     (run_dir.path / MANIFEST).unlink(missing_ok=True)
@@ -92,7 +93,7 @@ def _find_checkpoint(
     run_dir: RunDir,
     checkpointer: Checkpointer,
     resume: bool | str | Path,
-    log: Callable[[str], None],
+    warn: Callable[[str], None],
 ) -> dict[str, Any]:
     if isinstance(resume, str | Path) and not isinstance(resume, bool):
         try:
@@ -104,13 +105,18 @@ def _find_checkpoint(
             f"--resume: run directory {run_dir.path} does not exist; train without --resume "
             "first, or set output.name to the run to continue"
         )
-    checkpoint = checkpointer.latest_valid(log)
+    checkpoint = checkpointer.latest_valid(warn)
     if checkpoint is None:
         raise ForgeError(
             f"--resume: no valid checkpoint in {checkpointer.root}; train again without "
             "--resume (with output.overwrite=true)"
         )
     return checkpoint
+
+
+def _warn(message: str) -> None:
+    # Not progress output: a skipped corrupt checkpoint is lost training, so --quiet keeps it.
+    print(message, file=sys.stderr, flush=True)
 
 
 def _check_config(run_dir: RunDir, cfg: Config) -> None:

@@ -69,7 +69,9 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     # Set both ways: a deterministic run must not leave the mode on for later runs in-process.
-    torch.use_deterministic_algorithms(deterministic)
+    # Only on a change: the setter imports torch._dynamo, ~1.5 s of every CLI start.
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        torch.use_deterministic_algorithms(deterministic)
     if deterministic:
         # cuBLAS needs this to be deterministic; harmless on CPU.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

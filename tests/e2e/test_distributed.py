@@ -1,0 +1,143 @@
+"""Real torchrun: 2 gloo processes on CPU against 1 process with the same global batch, and an
+elastic restart after one rank is killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+
+CONFIG = """\
+seed: 0
+data:
+  source: "builtin:blobs?n=2000&features=8&classes=4&std=2.0"
+  split: {train: 0.8, val: 0.1, test: 0.1}
+model: {name: mlp, hidden_sizes: [32, 16]}
+train:
+  batch_size: 64
+  max_epochs: 4
+  precision: fp32
+  optimizer: {name: adamw, lr: 0.003}
+  scheduler: {name: cosine, warmup_steps: 5}
+"""
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def forgeml(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "forgeml", *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    one = forgeml(tmp_path, "train", "c.yaml", "output.name=one", "--quiet")
+    assert one.returncode == 0, one.stderr
+    two = forgeml(tmp_path, "train", "c.yaml", "output.name=two", "--nproc", "2", "--quiet")
+    assert two.returncode == 0, two.stderr
+
+    a = json.loads((tmp_path / "runs/one/metrics.json").read_text())
+    b = json.loads((tmp_path / "runs/two/metrics.json").read_text())
+    assert a["steps"] == b["steps"] == 4 * 25
+    for split in ("train", "val", "test"):
+        assert b[split]["loss"] == pytest.approx(a[split]["loss"], abs=1e-4)
+        assert b[split]["accuracy"] == pytest.approx(a[split]["accuracy"], abs=1e-9)
+    # The per-epoch train losses (reduced across ranks) follow the same curve.
+    rows = [
+        [json.loads(line) for line in (tmp_path / f"runs/{name}/history.jsonl").open()]
+        for name in ("one", "two")
+    ]
+    for ra, rb in zip(*rows, strict=True):
+        assert rb["metrics"]["loss"] == pytest.approx(ra["metrics"]["loss"], abs=1e-4)
+    # Rank 0 alone wrote the run: one finished directory, weights equal to the 1-process run.
+    wa = safetensors.torch.load_file(str(tmp_path / "runs/one/model.safetensors"))
+    wb = safetensors.torch.load_file(str(tmp_path / "runs/two/model.safetensors"))
+    for name in wa:
+        assert (wa[name] - wb[name]).abs().max().item() < 1e-4, name
+    assert (tmp_path / "runs/two/forgeml.json").is_file()
+
+
+def _worker_pids(marker: str, local_rank: str) -> list[int]:
+    """PIDs of forgeml worker processes of this test (by cwd marker) with the given LOCAL_RANK."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        is_worker = b"forgeml" in cmdline and b"torch.distributed.run" not in cmdline
+        if is_worker and cwd == marker and f"LOCAL_RANK={local_rank}".encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find ranks")
+def test_killed_rank_is_restarted_and_the_job_resumes(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        CONFIG.replace("max_epochs: 4", "max_epochs: 30") + "  checkpoint: {every_steps: 20}\n"
+    )
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "forgeml",
+            "train",
+            "c.yaml",
+            "--nproc",
+            "2",
+            "--max-restarts",
+            "1",
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoints = tmp_path / "runs/c/checkpoints"
+    killed = None
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and killed is None:
+            if checkpoints.is_dir() and any(checkpoints.glob("step-*")):
+                pids = _worker_pids(str(tmp_path), "1")
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed = pids[0]
+            time.sleep(0.2)
+        assert killed is not None, "no checkpoint appeared or no rank-1 worker was found"
+        _, stderr = job.communicate(timeout=300)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    (tmp_path / "stderr.txt").write_text(stderr)
+    assert job.returncode == 0, stderr[-3000:]
+    metrics = json.loads((tmp_path / "runs/c/metrics.json").read_text())
+    assert metrics["steps"] == 30 * 25 and metrics["epochs"] == 30
+    assert metrics["test"]["accuracy"] > 0.8
+    # The restarted job resumed from a checkpoint instead of starting over: its history has
+    # each epoch exactly once.
+    epochs = [
+        json.loads(line)["epoch"]
+        for line in (tmp_path / "runs/c/history.jsonl").open()
+        if json.loads(line)["split"] == "train"
+    ]
+    assert epochs == list(range(1, 31))
