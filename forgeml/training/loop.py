@@ -133,7 +133,7 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     # Buffers (BatchNorm running statistics) change in the forward pass, before the non-finite
     # check: a copy from the start of each optimizer step lets a refused step undo them too.
-    buffers = list(model.buffers())
+    buffers = list(model.buffers()) if cfg.on_nonfinite != "ignore" else []
     buffers_before = [b.detach().clone() for b in buffers]
     order = torch.Generator().manual_seed(seed)  # data order, independent of model init/dropout
     augment_rng = torch.Generator().manual_seed(seed + 1)
@@ -244,12 +244,13 @@ def fit(
                 # is always checked; clipping computes it anyway.
                 if cfg.grad_clip is not None:
                     grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                else:
+                elif cfg.on_nonfinite != "ignore":
                     grad_norm = nn.utils.get_total_norm(
                         [p.grad for p in params if p.grad is not None]
                     )
-                health = group_loss + grad_norm
-                if not bool(torch.isfinite(health)):
+                if cfg.on_nonfinite != "ignore" and not bool(
+                    torch.isfinite(group_loss + grad_norm)
+                ):
                     if buffers:
                         torch._foreach_copy_(buffers, buffers_before)
                     _nonfinite(
