@@ -17,7 +17,6 @@ checkpoint is deleted only after the new one is committed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -31,6 +30,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from forgeml.artifact import sha256_file
 from forgeml.errors import ForgeError
 
 PREFIX = "step-"
@@ -39,14 +39,6 @@ FILES = ("model.safetensors", "optim.pt", "trainer.json")
 
 class CheckpointError(ForgeError):
     """A checkpoint is missing, truncated or does not match its manifest."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_path(path: Path) -> None:
@@ -127,7 +119,7 @@ class Checkpointer:
         files = sorted(p.name for p in tmp.iterdir())
         for file in files:
             _fsync_path(tmp / file)
-        manifest = {"step": step, "sha256": {f: _sha256(tmp / f) for f in files}}
+        manifest = {"step": step, "sha256": {f: sha256_file(tmp / f) for f in files}}
         with open(tmp / "manifest.json", "w", encoding="utf-8") as f:
             json.dump(manifest, f)
             f.flush()
@@ -206,7 +198,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint {path} lacks {name}")
     for name, sha in expected.items():
         file = path / name
-        if not file.is_file() or _sha256(file) != sha:
+        if not file.is_file() or sha256_file(file) != sha:
             raise CheckpointError(f"checkpoint {path}: {name} is truncated or corrupt")
     try:
         blob = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
