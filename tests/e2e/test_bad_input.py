@@ -410,18 +410,26 @@ def test_bad_input_is_one_line_exit_2(outcomes: dict[str, Outcome], name: str) -
     assert_user_error(outcome.result, *outcome.case.expect)
 
 
-def test_chmod_000_data_file(cli: Cli, tmp_path: Path) -> None:
+def test_unreadable_data_file(cli: Cli, tmp_path: Path) -> None:
     data = tmp_path / "locked.csv"
-    data.write_text(csv_text(tiny_rows()), encoding="utf-8")
     (tmp_path / "tiny.yaml").write_text(TINY_YAML, encoding="utf-8")
+    data.write_text(csv_text(tiny_rows()), encoding="utf-8")
     data.chmod(0)
+    if os.access(data, os.R_OK):
+        # As root, chmod 000 does not stop reads: use a file whose read fails for everyone
+        # (reading /proc/self/mem at offset 0 is an I/O error).
+        data.chmod(0o644)
+        data.unlink()
+        data.symlink_to("/proc/self/mem")
+        expected = ("cannot read locked.csv", "Input/output error")
+    else:
+        expected = ("cannot read locked.csv", "permission denied")
     try:
-        if os.access(data, os.R_OK):
-            pytest.skip("running as root: chmod 000 does not make the file unreadable")
         result = cli.run(tmp_path, "validate", "tiny.yaml", "data.source=locked.csv")
     finally:
-        data.chmod(0o644)
-    assert_user_error(result, "cannot read locked.csv", "permission denied")
+        if not data.is_symlink():
+            data.chmod(0o644)
+    assert_user_error(result, *expected)
 
 
 def test_data_error_leaves_no_finished_run(outcomes: dict[str, Outcome]) -> None:
