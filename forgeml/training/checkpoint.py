@@ -125,10 +125,18 @@ class Checkpointer:
             f.flush()
             os.fsync(f.fileno())
         _fsync_path(tmp)
-        if final.exists():  # the same step saved again (e.g. after a resume): replace it
-            shutil.rmtree(final)
+        old = self.root / f".old-{name}"
+        if final.exists():
+            # The same step saved again (a signal right after a step checkpoint, an epoch end at
+            # that step): move the old copy aside first, so a crash between the two renames
+            # leaves it recoverable (`clean_temporary` puts it back), never no checkpoint.
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(final, old)
         os.rename(tmp, final)
         _fsync_path(self.root)
+        if old.exists():
+            shutil.rmtree(old)
         if is_best and self.keep_best:
             self._write_pointer(name)
         self._prune()
@@ -169,10 +177,20 @@ class Checkpointer:
             return None
 
     def clean_temporary(self) -> None:
-        """Remove leftovers of a write that was killed before its commit."""
-        if self.root.is_dir():
-            for path in self.root.glob(".tmp-*"):
+        """Remove leftovers of a write that was killed before its commit.
+
+        A `.old-step-N` whose replacement `step-N` was never committed is moved back.
+        """
+        if not self.root.is_dir():
+            return
+        for path in self.root.glob(".tmp-*"):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in self.root.glob(".old-*"):
+            committed = self.root / path.name.removeprefix(".old-")
+            if committed.exists():
                 shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.rename(path, committed)
 
     def latest_valid(self, log: Callable[[str], None] = print) -> dict[str, Any] | None:
         """Load the newest checkpoint that verifies; report and skip corrupt ones."""

@@ -65,6 +65,7 @@ def open_run(
     if not writer:
         return run_dir, (_find_checkpoint(run_dir, checkpointer, resume, log) if resume else None)
     if not resume:
+        checkpointer.clean_temporary()  # also recovers a step moved aside by an unfinished save
         if not cfg.output.overwrite and not run_dir.is_complete and checkpointer.committed():
             newest = checkpointer.committed()[0]
             raise ForgeError(

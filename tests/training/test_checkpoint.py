@@ -242,6 +242,25 @@ def test_leftover_temporary_directory_is_ignored_and_cleaned(tmp_path: Path) -> 
     assert names(checkpointer) == ["step-00000002", "step-00000001"]
 
 
+def test_saving_a_step_again_never_leaves_it_missing(tmp_path: Path) -> None:
+    checkpointer = Checkpointer(tmp_path)
+    model = nn.Linear(4, 2)
+    checkpointer.save(**make_step(model, 1))
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    path = checkpointer.save(**make_step(model, 1))  # the same step again, new content
+    assert names(checkpointer) == ["step-00000001"]
+    assert not list(tmp_path.glob(".old-*"))
+    assert torch.equal(load_checkpoint(path)["model"]["weight"], model.weight.detach())
+    # A crash between moving the old copy aside and committing the new one: the old copy is
+    # put back on the next resume, so the step is never lost.
+    (tmp_path / "step-00000001").rename(tmp_path / ".old-step-00000001")
+    assert names(checkpointer) == []
+    checkpointer.clean_temporary()
+    assert names(checkpointer) == ["step-00000001"]
+    assert checkpointer.latest_valid()["path"].name == "step-00000001"
+
+
 def test_crash_during_write_leaves_previous_checkpoints_intact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
