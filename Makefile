@@ -37,6 +37,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/precision.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

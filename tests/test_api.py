@@ -4,7 +4,6 @@ with the metrics checked against scikit-learn computed from the predictions."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,6 @@ from forgeml.cli import main as cli_main
 from forgeml.data.loader import TensorData
 from forgeml.data.table import Table
 from forgeml.errors import ConfigError, DataError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Tiny models: one intra-op thread is faster than two competing on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def blobs_config(out: Path, name: str = "blobs", **train: Any) -> dict[str, Any]:

@@ -261,8 +261,7 @@ def fit(
                         total_steps=total_steps,
                         checkpointer=checkpointer,
                     )
-                    optimizer.zero_grad(set_to_none=True)
-                    state.skipped += 1
+                    state.skipped += 1  # the refused gradients are dropped just below
                 else:
                     optimizer.step()
                     loss_sum.add_(group_loss)

@@ -31,7 +31,7 @@ def cpu_has_fast_bf16() -> bool:
 
 # bf16 autocast pays off once the matmuls are big enough to hide the per-step casts of the
 # weights: measured on an AVX512-BF16 CPU, a step with parameters x rows below ~2^24 ran up to
-# 1.5x slower in bf16, above it up to 2x faster (bench/RESULTS.md).
+# 1.7x slower in bf16, above it up to 1.9x faster (bench/precision.py, bench/RESULTS.md).
 BF16_MIN_WORK = 2**24
 
 

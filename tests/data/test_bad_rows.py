@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from rich.console import Console
 
@@ -23,14 +21,6 @@ from forgeml.data.sources import read_table
 from forgeml.data.split import is_numeric_column, parse_float_column
 from forgeml.data.table import Table
 from forgeml.errors import DataError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def obj(values) -> np.ndarray:

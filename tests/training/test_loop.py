@@ -22,15 +22,6 @@ from forgeml.training.loop import FitResult, evaluate, fit, forward_batches
 from forgeml.training.optim import build_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Tiny models: one intra-op thread is faster than two competing on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def blobs(n: int = 120, features: int = 4, classes: int = 3, seed: int = 0) -> TensorData:
     """Well separated Gaussian blobs: (n, features) float32 and (n,) int64 labels.
 
