@@ -35,6 +35,7 @@ from forgeml.training.optim import build_loss
 from forgeml.training.progress import summary_table
 from forgeml.training.resume import checkpointer_for, open_run
 from forgeml.training.runtime import pick_device, seed_everything
+from forgeml.training.strategy import full_state_dict
 
 
 @dataclass
@@ -249,7 +250,8 @@ def fit_and_save(
         console=console,
         quiet=quiet,
         callbacks=[_HistoryWriter(run_dir), *callbacks] if main else [],
-        checkpointer=checkpointer_for(run_dir, cfg) if main else None,
+        # Every rank gets one: under FSDP each writes its own shards; rank 0 commits.
+        checkpointer=checkpointer_for(run_dir, cfg, writer=main),
         resume=checkpoint,
     )
     log(
@@ -257,8 +259,11 @@ def fit_and_save(
         f"precision {result.precision}"
     )
     metrics = final_metrics(prepared, model, loss_fn, result.precision)
+    weights = full_state_dict(model)  # under FSDP a collective gathering the shards on rank 0
     if main:
-        save_run(run_dir, prepared, model, result, metrics, custom_model=custom_model)
+        save_run(
+            run_dir, prepared, model, result, metrics, custom_model=custom_model, weights=weights
+        )
     barrier()  # no rank leaves before the run directory is complete
     if not quiet:
         held_out = "test" if "test" in metrics else ("val" if "val" in metrics else "none")
@@ -334,8 +339,11 @@ def save_run(
     metrics: dict[str, dict[str, Any]],
     *,
     custom_model: str | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write weights, metrics, plots and card into a prepared run directory; forgeml.json last."""
+    """Write weights, metrics, plots and card into a prepared run directory; forgeml.json last.
+
+    `weights`: the full state_dict to save (gathered from an FSDP model); None: the model's."""
     cfg, pre = prepared.config, prepared.preprocessor
     task, name = pre.target.task, run_dir.path.name
     if not (run_dir.path / "config.yaml").exists():
@@ -357,7 +365,7 @@ def save_run(
             **({"bad_rows": prepared.bad_rows} if prepared.bad_rows else {}),
         },
     )
-    sha = run_dir.save_weights(model)
+    sha = run_dir.save_weights(weights if weights is not None else model.state_dict())
     plot_history(result.history, run_dir.path / "training_curves.png")
     report_split = "test" if "test" in metrics else ("val" if "val" in metrics else "train")
     if task != "regression":

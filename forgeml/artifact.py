@@ -123,9 +123,9 @@ class RunDir:
         with open(self.path / "history.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row, default=_jsonable) + "\n")
 
-    def save_weights(self, model: nn.Module) -> str:
-        """Save the (unwrapped) model's state_dict as safetensors; returns its sha256."""
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    def save_weights(self, weights: dict[str, torch.Tensor]) -> str:
+        """Save a (full, unwrapped) state_dict as safetensors; returns its sha256."""
+        state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
         target = self.path / WEIGHTS
         tmp = target.with_name(f".{WEIGHTS}.tmp")
         safetensors.torch.save_file(state, str(tmp))

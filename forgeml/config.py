@@ -141,6 +141,9 @@ class TrainConfig(Strict):
     # ignore: no check at all, as in a plain PyTorch loop (saves one gradient-norm pass a step).
     on_nonfinite: Literal["stop", "skip", "ignore"] = "stop"
     max_skipped_fraction: float = Field(0.01, ge=0, le=1)
+    # Under torchrun (N > 1 processes): ddp keeps a full model per rank; fsdp (FSDP2) shards
+    # parameters, gradients and optimizer state, for models that do not fit one device.
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
 class OutputConfig(Strict):

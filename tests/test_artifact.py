@@ -37,7 +37,7 @@ def finished_run(path: Path, model: nn.Module) -> dict:
     """A minimal finished run directory holding `model`; returns its manifest."""
     run = RunDir(path)
     run.prepare(overwrite=False)
-    sha = run.save_weights(model)
+    sha = run.save_weights(model.state_dict())
     run.finish({"weights_sha256": sha, "model": "custom"})
     return read_manifest(path)
 

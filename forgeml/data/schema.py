@@ -6,6 +6,12 @@ a model's forward receives is a dict with only the keys the spec has:
     "numeric":  (B, num_numeric) float32   standardised numeric columns, in feature order
     "category": (B, K) int64               one index per category column; 0 is the unknown bucket
     "image":    (B, C, H, W) float32       the (single) image column, normalised
+    "text:<col>":  (B, L) int64            token ids of text column <col>; 0 is padding
+    "seq:<col>":   (B, L, C) float32       numeric sequence column <col>, normalised per channel
+    "mask:<col>":  (B, L) bool             True at real steps of text/sequence column <col>; rows
+                                           are left-aligned (padding only at the end) and every
+                                           row has at least one real step. L <= max_length and
+                                           may differ from batch to batch (padded to the longest).
 
 `FeatureSpec` and `TargetSpec` are the fitted per-column state behind it, saved as JSON in the run
 directory's preprocess/features.json.
@@ -16,7 +22,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Task = Literal["binary", "multiclass", "regression"]
+Task = Literal["binary", "multiclass", "multilabel", "regression"]
+
+
+@dataclass(frozen=True)
+class SequenceInput:
+    """One text or numeric-sequence column as the model sees it."""
+
+    name: str  # the column; batch keys are "text:<name>" or "seq:<name>", and "mask:<name>"
+    kind: Literal["text", "sequence"]
+    max_length: int  # the longest L any batch can have
+    vocab_size: int = 0  # text: ids are in [0, vocab_size); 0 = padding. sequence: 0
+    channels: int = 0  # sequence: C, values per step. text: 0
+    # text: the token string of each id (index = id, vocab[0] is the padding token), for
+    # initialising embeddings from a vectors file. Empty for sequences.
+    vocab: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return ("text:" if self.kind == "text" else "seq:") + self.name
+
+    @property
+    def mask_key(self) -> str:
+        return "mask:" + self.name
 
 
 @dataclass(frozen=True)
@@ -26,8 +54,9 @@ class InputSpec:
         int, ...
     ]  # vocab size (incl. unknown bucket) per column of inputs["category"]
     image_shape: tuple[int, int, int] | None  # (C, H, W) of inputs["image"], None without images
-    out_dim: int  # width of the model output: classes for multiclass, 1 for binary and regression
+    out_dim: int  # model output width: classes (multiclass), labels (multilabel), else 1
     task: Task
+    sequences: tuple[SequenceInput, ...] = ()  # text and numeric-sequence columns, in column order
 
 
 @dataclass

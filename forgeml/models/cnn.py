@@ -1,4 +1,8 @@
-"""Convolutional network over the image input, with numeric/category features joined at the head."""
+"""Convolutional network over the image input, with numeric/category features joined at the head.
+
+Without an image but with text/sequence columns, `build_cnn` builds the 1-D variant in cnn1d.py
+from the same config (Conv1d blocks per column, a global max over real steps, the same head).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from torch import Tensor, nn
 
 from forgeml.data.schema import InputSpec
 from forgeml.errors import ConfigError
+from forgeml.models.cnn1d import build_cnn1d
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
@@ -22,15 +27,20 @@ class CNNConfig(BaseModel):
 
     name: Literal["cnn"] = "cnn"
     channels: list[Annotated[int, Field(ge=1)]] = Field([32, 64], min_length=1)  # one block each
-    kernel_size: int = Field(3, ge=1)  # odd, so 'same' padding keeps H and W
+    kernel_size: int = Field(3, ge=1)  # odd, so 'same' padding keeps H and W (or L)
     convs_per_block: int = Field(1, ge=1)
     batchnorm: bool = True
     activation: Literal["relu", "gelu", "tanh", "sigmoid"] = "relu"
-    pool: Literal["max", "avg", "none"] = "max"  # 2x2 after each block, skipped once a side is 1
+    # 2x2 (1-D: 2) after each block, skipped once a side (1-D: max_length) is 1
+    pool: Literal["max", "avg", "none"] = "max"
     dropout: float = Field(0.0, ge=0, lt=1)  # after each block
-    global_pool: bool = False  # True: global average pool instead of flatten
+    global_pool: bool = False  # image: global average pool instead of flatten (1-D: always max)
     head_hidden: list[Annotated[int, Field(ge=1)]] = [128]
     head_dropout: float = Field(0.0, ge=0, lt=1)
+    # Text columns (1-D only): token embedding width, vectors file to initialise it from.
+    embedding_dim: int = Field(128, ge=1)
+    vectors: str | None = None  # word2vec/GloVe text file
+    freeze_vectors: bool = False  # keep text embeddings fixed during training
 
     @field_validator("kernel_size")
     @classmethod
@@ -107,9 +117,16 @@ class CNN(nn.Module):
 
 
 def build_cnn(cfg: CNNConfig, spec: InputSpec) -> nn.Module:
-    """Build a CNN for the image shape, extra features and output width in `spec`.
+    """Build a CNN for the image shape (or text/sequence columns), extra features and output width.
 
     Raises:
-        ConfigError: the data has no image column.
+        ConfigError: the data has neither an image nor a text/sequence column, or has both.
     """
+    if spec.image_shape is not None and spec.sequences:
+        raise ConfigError(
+            "model.name=cnn takes an image column or text/sequence columns, not both; "
+            "drop one kind with data.exclude"
+        )
+    if spec.image_shape is None and spec.sequences:
+        return build_cnn1d(cfg, spec)
     return CNN(cfg, spec)

@@ -12,11 +12,20 @@ from forgeml.data.schema import InputSpec
 from forgeml.errors import ConfigError, ForgeError
 from forgeml.models.cnn import CNNConfig, build_cnn
 from forgeml.models.mlp import MLPConfig, build_mlp
+from forgeml.models.rnn import RNNConfig, build_rnn
+from forgeml.models.transformer import TransformerConfig, build_transformer
 
 # The `model:` section of a config; its `name` picks the family.
-ModelConfig = Annotated[MLPConfig | CNNConfig, Field(discriminator="name")]
+ModelConfig = Annotated[
+    MLPConfig | CNNConfig | RNNConfig | TransformerConfig, Field(discriminator="name")
+]
 
-MODELS: dict[str, Callable[[Any, InputSpec], nn.Module]] = {"mlp": build_mlp, "cnn": build_cnn}
+MODELS: dict[str, Callable[[Any, InputSpec], nn.Module]] = {
+    "mlp": build_mlp,
+    "cnn": build_cnn,
+    "rnn": build_rnn,
+    "transformer": build_transformer,
+}
 
 
 def build_model(cfg: Any, spec: InputSpec) -> nn.Module:

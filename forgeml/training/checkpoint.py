@@ -6,6 +6,9 @@
         best_model.safetensors  early stopping's best weights, when they differ from the current
         optim.pt              optimizer + scheduler state and RNG tensors (loaded weights_only)
         trainer.json          position (epoch, batch, step), history, early-stopping state, RNG
+        sharded/              FSDP only, instead of model.safetensors/best_model and the
+                              optimizer in optim.pt: every rank's shards, written by
+                              torch.distributed.checkpoint (tensors only, no pickled code)
         manifest.json         sha256 of every file above -- written last inside the checkpoint
       best                    name of the checkpoint holding the best monitored value
 
@@ -32,9 +35,12 @@ from torch import nn
 
 from forgeml.artifact import sha256_file
 from forgeml.errors import ForgeError
+from forgeml.training.distributed import barrier
+from forgeml.training.strategy import is_sharded, save_sharded
 
 PREFIX = "step-"
-FILES = ("model.safetensors", "optim.pt", "trainer.json")
+FILES = ("optim.pt", "trainer.json")  # and model.safetensors or sharded/.metadata
+SHARDED = "sharded"
 
 
 class CheckpointError(ForgeError):
@@ -78,10 +84,15 @@ def _plain(value: Any) -> Any:
 class Checkpointer:
     """Writes and finds the checkpoints of one run directory."""
 
-    def __init__(self, root: str | Path, *, keep_last: int = 2, keep_best: bool = True) -> None:
+    def __init__(
+        self, root: str | Path, *, keep_last: int = 2, keep_best: bool = True, writer: bool = True
+    ) -> None:
         self.root = Path(root)
         self.keep_last = keep_last
         self.keep_best = keep_best
+        # In a torchrun job every rank calls `save` (FSDP ranks each write their shards); only
+        # the writer (rank 0) writes the rest, commits and prunes.
+        self.writer = writer
 
     # ------------------------------------------------------------------ writing
 
@@ -97,28 +108,41 @@ class Checkpointer:
         best_model: dict[str, torch.Tensor] | None = None,
         is_best: bool = False,
     ) -> Path:
-        """Commit one checkpoint atomically; then prune old ones. Returns its directory."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Commit one checkpoint atomically; then prune old ones. Returns its directory.
+
+        Under torchrun every rank calls this at the same step (a collective for FSDP)."""
         name = f"{PREFIX}{step:08d}"
         final, tmp = self.root / name, self.root / f".tmp-{name}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        safetensors.torch.save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
-        if best_model is not None:
-            safetensors.torch.save_file(_cpu(best_model), str(tmp / "best_model.safetensors"))
+        if self.writer:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        sharded = is_sharded(model)
+        if sharded:
+            barrier()  # the directory exists before any rank writes into it
+            save_sharded(tmp / SHARDED, model, optimizer, best_model)
+        if not self.writer:
+            barrier()  # wait for the commit, so no rank runs ahead of a half-written checkpoint
+            return final
+        if not sharded:
+            safetensors.torch.save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
+            if best_model is not None:
+                safetensors.torch.save_file(_cpu(best_model), str(tmp / "best_model.safetensors"))
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": None if sharded else optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "tensors": tensors,
             },
             tmp / "optim.pt",
         )
         (tmp / "trainer.json").write_text(json.dumps(trainer), encoding="utf-8")
-        files = sorted(p.name for p in tmp.iterdir())
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         for file in files:
             _fsync_path(tmp / file)
+        if sharded:
+            _fsync_path(tmp / SHARDED)
         manifest = {"step": step, "sha256": {f: sha256_file(tmp / f) for f in files}}
         with open(tmp / "manifest.json", "w", encoding="utf-8") as f:
             json.dump(manifest, f)
@@ -140,6 +164,7 @@ class Checkpointer:
         if is_best and self.keep_best:
             self._write_pointer(name)
         self._prune()
+        barrier()
         return final
 
     def _write_pointer(self, name: str) -> None:
@@ -211,7 +236,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         expected = manifest["sha256"]
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path} has no readable manifest ({exc})") from None
-    for name in FILES:
+    sharded = f"{SHARDED}/.metadata" in expected
+    for name in (*FILES, *(() if sharded else ("model.safetensors",))):
         if name not in expected:
             raise CheckpointError(f"checkpoint {path} lacks {name}")
     for name, sha in expected.items():
@@ -221,14 +247,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         blob = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
         trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
-        model = safetensors.torch.load_file(str(path / "model.safetensors"))
+        model = None if sharded else safetensors.torch.load_file(str(path / "model.safetensors"))
         best = path / "best_model.safetensors"
         best_model = safetensors.torch.load_file(str(best)) if best.is_file() else None
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint
         raise CheckpointError(f"checkpoint {path} cannot be loaded ({exc})") from None
     return {
         "path": path,
-        "model": model,
+        "model": model,  # None for an FSDP checkpoint: see "sharded"
+        "sharded": path / SHARDED if sharded else None,
         "best_model": best_model,
         "optimizer": blob["optimizer"],
         "scheduler": blob["scheduler"],

@@ -68,6 +68,22 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(value: int) -> int:
+    """The largest of an integer over ranks (the value itself in one process)."""
+    if world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's copy of a (CPU) tensor stacked along a new first dim: (world, *shape)."""
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.stack(parts)
+
+
 def restart_count() -> int:
     """How often torchrun has restarted this job (elastic `--max-restarts`); 0 otherwise."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))

@@ -9,7 +9,6 @@ Extension goes through named events on `callbacks` (objects with any of `on_epoc
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import signal
@@ -23,18 +22,18 @@ from typing import Any
 import torch
 from rich.console import Console
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from forgeml.config import TrainConfig
 from forgeml.data.loader import TensorData
 from forgeml.errors import ConfigError, ForgeError
 from forgeml.evaluate.metrics import MetricSet, metric_mode, scalar_metrics
 from forgeml.training.checkpoint import Checkpointer, capture_rng, restore_rng
-from forgeml.training.distributed import all_reduce_sum, world_size
+from forgeml.training.distributed import all_gather, all_reduce_max, all_reduce_sum, world_size
 from forgeml.training.distributed import rank as dist_rank
 from forgeml.training.optim import build_optimizer, build_scheduler
 from forgeml.training.progress import TrainingProgress
 from forgeml.training.runtime import autocast, resolve_precision
+from forgeml.training.strategy import gradient_sync, is_sharded, load_sharded, plain, wrap
 
 Augment = Callable[[dict[str, Tensor], torch.Generator], dict[str, Tensor]]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -126,6 +125,10 @@ def fit(
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
 
+    if resume is not None and resume["model"] is not None:
+        model.load_state_dict(resume["model"])  # DDP then starts every rank from these weights
+    # DDP wraps `model`; FSDP shards it in place, so the optimizer is built after this.
+    net = wrap(model, cfg.strategy)
     optimizer = build_optimizer(cfg.optimizer, model)
     scheduler = build_scheduler(
         cfg.scheduler, optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch
@@ -143,30 +146,30 @@ def fit(
     loss_sum = torch.zeros((), device=device)  # summed on device: no sync per batch
     epoch_order = order.get_state()  # generator state before this epoch's randperm
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
+        best_state = resume["best_model"]
+        if resume["sharded"] is not None:
+            best_state = load_sharded(
+                resume["sharded"],
+                model,
+                optimizer,
+                with_best=resume["trainer"].get("sharded_best", False),
+            )
+        else:
+            optimizer.load_state_dict(resume["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(resume["scheduler"])
         state = LoopState(**resume["trainer"]["loop"])
         tensors = resume["tensors"]
         epoch_order = tensors["epoch_order"]
         augment_rng.set_state(tensors["augment_rng"])
-        loss_sum = tensors["loss_sum"].to(device)
-        restore_rng(
-            {**resume["trainer"]["rng"], "torch": tensors["torch_rng"], "cuda": tensors["cuda_rng"]}
-        )
-        best_state = resume["best_model"]
+        loss_sum, torch_rng = tensors["loss_sum"].to(device), tensors["torch_rng"]
+        if "rank_seen" in tensors:  # written by a torchrun job: each rank takes its own part
+            loss_sum, state.seen, torch_rng = _own_part(tensors, loss_sum, state.seen, torch_rng)
+        restore_rng({**resume["trainer"]["rng"], "torch": torch_rng, "cuda": tensors["cuda_rng"]})
         if best_state is None and state.batch == 0 and state.best_epoch == state.epoch - 1:
             best_state = copy.deepcopy(model.state_dict())  # the checkpoint's weights are best
         if state.stop_reason in ("max_epochs", "max_steps"):
             state.stop_reason = None  # the limits may have been raised for this resume
-
-    # DDP averages gradients over ranks; the unwrapped `model` keeps the state_dict names.
-    net = model
-    if world > 1:
-        net = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
 
     def save_checkpoint(is_best: bool = False) -> Path | None:
         if checkpointer is None:
@@ -174,20 +177,30 @@ def fit(
         rng = capture_rng()
         # At an epoch end whose evaluation was the best, the model weights are the best ones.
         current_is_best = state.batch == 0 and state.best_epoch == state.epoch - 1
+        best = best_state if best_state is not None and not current_is_best else None
+        tensors = {
+            "epoch_order": epoch_order,
+            "augment_rng": augment_rng.get_state(),
+            "loss_sum": loss_sum.detach().cpu(),
+            "torch_rng": rng["torch"],
+            "cuda_rng": rng["cuda"],
+        }
+        if world > 1:  # what differs per rank: its rows' loss sum and count, its RNG stream
+            tensors["rank_loss_sum"] = all_gather(loss_sum.detach().double().cpu())
+            tensors["rank_seen"] = all_gather(torch.tensor(state.seen))
+            tensors["rank_torch_rng"] = all_gather(rng["torch"])
         return checkpointer.save(
             step=state.step,
             model=model,
             optimizer=optimizer,
             scheduler=scheduler,
-            trainer={"loop": asdict(state), "rng": {k: rng[k] for k in ("python", "numpy")}},
-            tensors={
-                "epoch_order": epoch_order,
-                "augment_rng": augment_rng.get_state(),
-                "loss_sum": loss_sum.detach().cpu(),
-                "torch_rng": rng["torch"],
-                "cuda_rng": rng["cuda"],
+            trainer={
+                "loop": asdict(state),
+                "rng": {k: rng[k] for k in ("python", "numpy")},
+                "sharded_best": best is not None and is_sharded(model),
             },
-            best_model=best_state if best_state is not None and not current_is_best else None,
+            tensors=tensors,
+            best_model=best,
             is_best=is_best,
         )
 
@@ -227,7 +240,7 @@ def fit(
                 scale = (
                     len(local) * world / (min(last * batch_size, usable_rows) - first * batch_size)
                 )
-                with net.no_sync() if world > 1 and not stepping else contextlib.nullcontext():
+                with gradient_sync(net, stepping):
                     with autocast(precision, device):
                         outputs = net(inputs)  # (B, out_dim)
                     loss = loss_fn(outputs.float(), target)
@@ -243,10 +256,10 @@ def fit(
                 # gradients (sqrt or norm of an exact zero, overflow in backward), so the norm
                 # is always checked; clipping computes it anyway.
                 if cfg.grad_clip is not None:
-                    grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    grad_norm = plain(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
                 elif cfg.on_nonfinite != "ignore":
-                    grad_norm = nn.utils.get_total_norm(
-                        [p.grad for p in params if p.grad is not None]
+                    grad_norm = plain(
+                        nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
                     )
                 if cfg.on_nonfinite != "ignore" and not bool(
                     torch.isfinite(group_loss + grad_norm)
@@ -280,8 +293,8 @@ def fit(
                     )
                 if every_steps and state.step % every_steps == 0:
                     save_checkpoint()
-                if signals.caught:
-                    raise _interrupted(signals.caught, state, save_checkpoint())
+                if caught := signals.agreed():
+                    raise _interrupted(caught, state, save_checkpoint())
 
             # ---- end of epoch: evaluate, record, check convergence
             epoch = state.epoch
@@ -338,8 +351,8 @@ def fit(
             epoch_order = order.get_state()
             if every_epochs and (epoch % every_epochs == 0 or state.stop_reason):
                 save_checkpoint(is_best=improved)
-            if signals.caught:
-                raise _interrupted(signals.caught, state, save_checkpoint())
+            if caught := signals.agreed():
+                raise _interrupted(caught, state, save_checkpoint())
     finally:
         signals.restore()
         progress.close()
@@ -396,8 +409,14 @@ def evaluate(
     on the standardised scale it is trained on; mae/mse/rmse are reported in the target's units.
     """
     device = next(model.parameters()).device
+    everything = data
     if world_size() > 1:  # each rank scores its slice; the metric states are reduced below
         data = TensorData(*data.batch(slice(dist_rank(), None, world_size())))
+    if is_sharded(model):
+        # An FSDP forward is a collective: every rank must run as many batches as the others.
+        batches = math.ceil(len(data) / batch_size)
+        for _ in range(all_reduce_max(batches) - batches):
+            next(forward_batches(model, everything, batch_size=1, precision=precision))
     metrics = MetricSet(task, class_names=class_names, device=device)
     loss_sum, count = torch.zeros((), device=device), 0
     for outputs, target in forward_batches(model, data, batch_size=batch_size, precision=precision):
@@ -434,6 +453,13 @@ class _SignalFlag:
             signal.raise_signal(signum)
             return
         self.caught = signum
+
+    def agreed(self) -> int | None:
+        """The signal to stop for, the same on every rank: one rank must not leave a collective
+        the others are in (torchrun signals all ranks, but they see it at different steps)."""
+        if world_size() == 1:
+            return self.caught
+        return all_reduce_max(self.caught or 0) or None
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -504,6 +530,26 @@ def _monitor(early: Any, *, has_val: bool) -> tuple[str | None, str]:
 
 
 HEADLINE = ("loss", "accuracy", "f1_macro", "roc_auc", "rmse", "r2")
+
+
+def _own_part(
+    tensors: dict[str, Tensor], loss_sum: Tensor, seen: int, torch_rng: Tensor
+) -> tuple[Tensor, int, Tensor]:
+    """This rank's loss sum, row count and RNG state from a checkpoint of a torchrun job.
+
+    With another number of ranks than the job that wrote it, rank 0 takes the sums (the epoch's
+    train loss stays right) and the other ranks start from zero and rank 0's RNG."""
+    world, rank = world_size(), dist_rank()
+    if len(tensors["rank_seen"]) == world:
+        return (
+            tensors["rank_loss_sum"][rank].to(loss_sum),
+            int(tensors["rank_seen"][rank]),
+            tensors["rank_torch_rng"][rank].clone(),  # its own storage: set_rng_state needs it
+        )
+    if rank == 0:
+        total = tensors["rank_loss_sum"].sum().to(loss_sum)
+        return total, int(tensors["rank_seen"].sum()), torch_rng
+    return torch.zeros_like(loss_sum), 0, torch_rng
 
 
 def _global_mean(total: Tensor, count: int) -> float:

@@ -41,10 +41,13 @@ RESUMABLE = (
 )
 
 
-def checkpointer_for(run_dir: RunDir, cfg: Config) -> Checkpointer:
+def checkpointer_for(run_dir: RunDir, cfg: Config, *, writer: bool = True) -> Checkpointer:
     ckpt = cfg.train.checkpoint
     return Checkpointer(
-        run_dir.path / CHECKPOINTS, keep_last=ckpt.keep_last, keep_best=ckpt.keep_best
+        run_dir.path / CHECKPOINTS,
+        keep_last=ckpt.keep_last,
+        keep_best=ckpt.keep_best,
+        writer=writer,
     )
 
 
