@@ -48,6 +48,8 @@ class Prepared:
     data: dict[str, TensorData]
     # data.on_bad_rows=skip: per split, the rows skipped (`BadRows.summary`); metrics.json has it.
     bad_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # text/sequence columns: per split, rows cut to the column's max_length (metrics.json too)
+    truncated: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,10 +143,16 @@ def prepare(config: Config, *, log: Callable[[str], None] = print) -> Prepared:
     check()
     preprocessor = Preprocessor.fit(tables["train"], cfg, log=log, bad_rows=bad.get("train"))
     check()
-    data = {}
+    data, truncated = {}, {}
     for split, table in list(tables.items()):
         inputs, target, kept = preprocessor.transform_rows(table, bad_rows=bad.get(split))
         check()
+        cut = {column: n for column, n in preprocessor.truncated.items() if n}
+        if cut:
+            truncated[split] = cut
+            for column, n in cut.items():
+                limit = next(f.max_length for f in preprocessor.features if f.name == column)
+                log(f"{split}: {n:,} rows of '{column}' longer than {limit} were truncated")
         if not len(kept):  # possible with a high max_bad_fraction
             bad[split].check(rows[split], 1.0, f"{table.source} ({split} split)")
         if len(kept) < table.num_rows:
@@ -154,7 +162,7 @@ def prepare(config: Config, *, log: Callable[[str], None] = print) -> Prepared:
         if found.count:
             log(f"{split}: {found.describe(sources[split])}")
     summary = {split: found.summary(sources[split], rows[split]) for split, found in bad.items()}
-    return Prepared(config, tables, preprocessor, data, bad_rows=summary)
+    return Prepared(config, tables, preprocessor, data, bad_rows=summary, truncated=truncated)
 
 
 def train(
@@ -363,6 +371,7 @@ def save_run(
             "precision": result.precision,
             "best": result.best,
             **({"bad_rows": prepared.bad_rows} if prepared.bad_rows else {}),
+            **({"truncated": prepared.truncated} if prepared.truncated else {}),
         },
     )
     sha = run_dir.save_weights(weights if weights is not None else model.state_dict())

@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
+from forgeml.data.sequence import SequenceConfig
+from forgeml.data.text import TextConfig
 from forgeml.errors import ConfigError
 from forgeml.models.registry import ModelConfig
 
@@ -27,10 +29,28 @@ class Strict(BaseModel):
 class ColumnConfig(Strict):
     """How to read one column. Leave `type` out to have it inferred from the training split."""
 
-    type: Literal["numeric", "category", "image"] | None = None
+    # labels: a target whose value is a list of labels (multi-label classification)
+    type: Literal["numeric", "category", "image", "text", "sequence", "labels"] | None = None
     # Missing values are an error unless a fill rule is chosen. mean/median: numeric only.
     fill: Literal["error", "mean", "median", "constant"] = "error"
     fill_value: float | str | None = None  # with fill=constant; default 0 / "<missing>"
+    text: TextConfig | None = None  # cleaning and tokenizer of a text column (implies type text)
+    sequence: SequenceConfig | None = None  # shape of a numeric sequence (implies sequence)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _options_fit_type(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        for kind in ("text", "sequence"):
+            if raw.get(kind) is not None:
+                if raw.get("type") not in (None, kind):
+                    raise ValueError(
+                        f"{kind} options are given but type is {raw['type']}; set type: {kind} "
+                        f"or remove the {kind} section"
+                    )
+                raw = {**raw, "type": kind}
+        return raw
 
 
 class SplitConfig(Strict):
@@ -67,6 +87,9 @@ class DataConfig(Strict):
     target: str = "label"
     columns: dict[str, ColumnConfig] = Field(default_factory=dict)
     exclude: list[str] = Field(default_factory=list)  # columns that are not features (ids, ...)
+    # New sequence columns made of a run of numeric columns: {NAME: "x*"} (a glob on column names,
+    # in column order) or {NAME: [x0, x1, ...]}; options in data.columns.NAME.sequence.
+    sequences: dict[str, str | list[str]] = Field(default_factory=dict)
     delimiter: str | None = None  # CSV/TSV: None picks from the extension
     split: SplitConfig = Field(default_factory=SplitConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)

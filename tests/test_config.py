@@ -163,7 +163,7 @@ def test_unknown_key_without_close_match_still_lists() -> None:
         ("train.batch_size=0", "train.batch_size"),
         ("train.optimizer.lr=-1", "train.optimizer.lr"),
         ("train.precision=fp8", "train.precision"),
-        ("data.columns.age.type=text", "data.columns.age.type"),
+        ("data.columns.age.type=texts", "data.columns.age.type"),
         ("model.channels=[0]", "model.channels"),
         ("train.max_epochs=[1, 2]", "train.max_epochs"),
     ],

@@ -18,6 +18,7 @@ from forgeml.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_CATEGORY_FILL = "<missing>"
+TEXT_MIN_WORDS = 3  # a string column averaging this many words is text, not a category
 
 
 def value_key(v: object) -> str | None:
@@ -118,14 +119,21 @@ def feature_spec(cfg: DataConfig, name: str, kind: Any) -> FeatureSpec:
 def column_type(table: Table, cfg: DataConfig, name: str, max_bad_fraction: float) -> str:
     declared = cfg.columns.get(name)
     if declared is not None and declared.type is not None:
+        if declared.type == "labels":
+            raise ConfigError(
+                f"data.columns.{name}.type=labels: only the target can hold lists of labels; "
+                f"declare '{name}' as category or text, or set data.target={name}"
+            )
         return declared.type
     return infer_column_type(table.columns[name], max_bad_fraction)
 
 
 def infer_column_type(
     values: np.ndarray, max_bad_fraction: float = 0.0
-) -> Literal["numeric", "category", "image"]:
-    """image (arrays or .png/.jpg/.jpeg paths), numeric (numbers or numeric strings), category.
+) -> Literal["numeric", "category", "image", "text", "sequence"]:
+    """image (2-D+ arrays or .png/.jpg/.jpeg paths), sequence (1-D arrays, lists or JSON arrays
+    of numbers), numeric (numbers or numeric strings), text (strings of TEXT_MIN_WORDS words or
+    more on average), else category.
 
     `max_bad_fraction`: skip mode tolerates that share of values that are not numbers in a
     numeric column (see `is_numeric_column`); they are bad rows then.
@@ -139,10 +147,21 @@ def infer_column_type(
     # Arrays first: value_key would format a whole image as text.
     present = [v for v in values if isinstance(v, np.ndarray) or value_key(v) is not None]
     if present and all(isinstance(v, np.ndarray) for v in present):
-        return "image"
-    if present and all(isinstance(v, str) and v.lower().endswith(IMAGE_SUFFIXES) for v in present):
-        return "image"
-    return "numeric" if is_numeric_column(values, max_bad_fraction) else "category"
+        return "sequence" if all(v.ndim == 1 for v in present) else "image"
+    if present and all(isinstance(v, list | tuple) for v in present):
+        return "sequence"
+    strings = [v for v in present if isinstance(v, str)]
+    if present and len(strings) == len(present):
+        if all(v.lower().endswith(IMAGE_SUFFIXES) for v in strings):
+            return "image"
+        if all(v.lstrip().startswith("[") and v.rstrip().endswith("]") for v in strings):
+            return "sequence"
+    if is_numeric_column(values, max_bad_fraction):
+        return "numeric"
+    sample = strings[:2000]
+    if sample and sum(len(v.split()) for v in sample) / len(sample) >= TEXT_MIN_WORDS:
+        return "text"
+    return "category"
 
 
 def parse_numeric(table: Table, f: FeatureSpec) -> np.ndarray:
@@ -245,8 +264,15 @@ def summary(features: list[FeatureSpec], target: TargetSpec) -> str:
             parts.append(f"{f.name} numeric" + (" (declared)" if note else ""))
         elif f.type == "category":
             parts.append(f"{f.name} category ({len(f.vocab or [])} values{note})")
-        else:
+        elif f.type == "image":
             parts.append(f"{f.name} image ({f.channels}x{f.height}x{f.width}{note})")
+        elif f.type == "text":
+            options = (f.text or {}).get("config", {})
+            kind = "tokenizer file" if options.get("tokenizer_file") else options.get("tokenizer")
+            parts.append(f"{f.name} text ({kind}, max {f.max_length} tokens{note})")
+        elif f.type == "sequence":
+            channels = (f.sequence or {}).get("channels")
+            parts.append(f"{f.name} sequence ({channels} channel(s), max {f.max_length}{note})")
         i += 1
     if target.task == "regression":
         goal = f"target {target.name}: regression"

@@ -39,13 +39,29 @@ from forgeml.data.columns import (
     value_keys,
 )
 from forgeml.data.image_columns import DecodedImages, decode_column, fit_image
-from forgeml.data.schema import FeatureSpec, InputSpec, TargetSpec
+from forgeml.data.schema import FeatureSpec, InputSpec, SequenceInput, TargetSpec
+from forgeml.data.sequence_columns import (
+    BAD_SEQUENCE,
+    EMPTY_TEXT,
+    combine_runs,
+    empty_text_message,
+    encode_sequence,
+    encode_text,
+    fit_sequence,
+    fit_text,
+    record_bad,
+    resolve_runs,
+    sequence_config,
+    text_config,
+)
 from forgeml.data.split import infer_target_kind
 from forgeml.data.table import Table
-from forgeml.data.targets import fit_target, parse_target_floats
+from forgeml.data.targets import fit_target, multi_hot, parse_target_floats
+from forgeml.data.text import TextEncoder
 from forgeml.errors import ConfigError, DataError
 
 FORMAT_VERSION = 1
+SEQUENCE_TYPES = ("text", "sequence")
 __all__ = ["Preprocessor", "infer_column_type"]
 
 
@@ -55,18 +71,30 @@ class Preprocessor:
     Build it with `Preprocessor.fit` (train split) or `Preprocessor.load` (run directory).
     """
 
-    def __init__(self, features: list[FeatureSpec], target: TargetSpec) -> None:
+    def __init__(
+        self,
+        features: list[FeatureSpec],
+        target: TargetSpec,
+        runs: dict[str, list[str]] | None = None,
+    ) -> None:
         self.features = features
         self.target = target
+        self.runs = runs or {}  # data.sequences: NAME -> the numeric columns that make it
+        self._encoders: dict[str, TextEncoder] = {}  # text column -> its tokenizer, built once
         self.spec = InputSpec(
             num_numeric=sum(f.type == "numeric" for f in features),
             category_sizes=tuple(len(f.vocab or []) + 1 for f in features if f.type == "category"),
             image_shape=next(
                 ((f.channels, f.height, f.width) for f in features if f.type == "image"), None
             ),
-            out_dim=len(target.classes or []) if target.task == "multiclass" else 1,
+            out_dim=len(target.classes or []) if target.task in ("multiclass", "multilabel") else 1,
             task=target.task,
+            sequences=tuple(
+                _sequence_input(f, self._encoder(f)) for f in features if f.type in SEQUENCE_TYPES
+            ),
         )
+        # rows cut to max_length per text/sequence column, by the last transform
+        self.truncated: dict[str, int] = {}
         self._class_index = {value_key(c): i for i, c in enumerate(target.classes or [])}
         # fit() decodes the train images once for their statistics; the first transform of that
         # same column reuses the tensor instead of decoding every file again.
@@ -97,8 +125,13 @@ class Preprocessor:
         """
         tolerance = cfg.max_bad_fraction if bad_rows is not None else 0.0
         target_kind = infer_target_kind(table, cfg, max_bad_fraction=tolerance)
+        runs = resolve_runs(table, cfg)
+        table = combine_runs(table, runs)
         names = feature_names(table, cfg)
-        kinds = {name: column_type(table, cfg, name, tolerance) for name in names}
+        kinds = {
+            name: "sequence" if name in runs else column_type(table, cfg, name, tolerance)
+            for name in names
+        }
         images = [n for n in names if kinds[n] == "image"]
         if len(images) > 1:
             raise ConfigError(
@@ -134,9 +167,13 @@ class Preprocessor:
                 fit_numeric(table, spec)
             elif spec.type == "category":
                 fit_category(table, spec)
+            elif spec.type == "text":
+                fit_text(table, spec, text_config(cfg, spec.name))
+            elif spec.type == "sequence":
+                fit_sequence(table, spec, sequence_config(cfg, spec.name))
             elif decoded is None:
                 decoded = fit_image(table, spec, cfg, np.arange(table.num_rows), None)
-        pre = cls(features, target)
+        pre = cls(features, target, runs)
         pre._fit_images = decoded
         log(summary(features, target))
         return pre
@@ -167,6 +204,7 @@ class Preprocessor:
             inputs and target as `transform` returns them, for the K rows kept, and the (K,)
             int64 indices of those rows in `table` (all of them without `bad_rows`).
         """
+        table = combine_runs(table, self.runs)
         needed = [f.name for f in self.features]
         for name in needed:
             if name not in table.columns:
@@ -218,7 +256,57 @@ class Preprocessor:
                     target = target[index] if target is not None else None
                     rows = rows[decoded]
                 inputs["image"] = images
+        if self.spec.sequences:
+            inputs, target, rows = self._sequences(table, inputs, target, rows, bad_rows)
         return inputs, target, rows
+
+    def _sequences(
+        self,
+        table: Table,
+        inputs: dict[str, torch.Tensor],
+        target: torch.Tensor | None,
+        rows: np.ndarray,
+        bad_rows: BadRows | None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, np.ndarray]:
+        """Add the text/sequence columns of `rows` to the inputs; drop (skip mode) or raise for
+        rows left without a step."""
+        kept = table if len(rows) == table.num_rows else table.take(rows)
+        bad = np.zeros(len(rows), dtype=bool)
+        for f in self.features:
+            if f.type == "text":
+                encoder = self._encoder(f)
+                assert encoder is not None
+                encoded = encode_text(kept, f, encoder)
+                if encoded.bad.any() and bad_rows is None:
+                    raise DataError(empty_text_message(kept, f, int(np.argmax(encoded.bad))))
+                if bad_rows is not None:
+                    record_bad(bad_rows, kept, f, np.flatnonzero(encoded.bad), EMPTY_TEXT)
+            elif f.type == "sequence":
+
+                def report(i: int, detail: str, f: FeatureSpec = f) -> None:
+                    assert bad_rows is not None
+                    bad_rows.record(kept.row_ref(i), f.name, BAD_SEQUENCE, detail)
+
+                encoded = encode_sequence(kept, f, report if bad_rows is not None else None)
+            else:
+                continue
+            key = ("text:" if f.type == "text" else "seq:") + f.name
+            inputs[key], inputs["mask:" + f.name] = encoded.values, encoded.mask
+            self.truncated[f.name] = encoded.truncated
+            bad |= encoded.bad
+        if bad.any():  # skip mode: leave those rows out
+            index = torch.from_numpy(np.flatnonzero(~bad))
+            inputs = {k: v[index] for k, v in inputs.items()}
+            target = target[index] if target is not None else None
+            rows = rows[~bad]
+        return inputs, target, rows
+
+    def _encoder(self, f: FeatureSpec) -> TextEncoder | None:
+        if f.type != "text":
+            return None
+        if f.name not in self._encoders:
+            self._encoders[f.name] = TextEncoder.from_state(f.text or {})
+        return self._encoders[f.name]
 
     def _images(
         self, table: Table, f: FeatureSpec, rows: np.ndarray, bad_rows: BadRows | None
@@ -238,6 +326,8 @@ class Preprocessor:
         if t.task == "regression":
             floats = parse_target_floats(table, t.name)
             return torch.from_numpy(((floats - t.mean) / t.std).astype(np.float32))
+        if t.task == "multilabel":
+            return torch.from_numpy(multi_hot(table, t, self._class_index))  # (N, K) float32
         keys = value_keys(values)
         index = np.empty(len(keys), dtype=np.int64)
         for i, k in enumerate(keys):
@@ -270,6 +360,18 @@ class Preprocessor:
         if t.task == "regression":
             values = (outputs[:, 0].double() * t.std + t.mean).tolist()
             return [{"prediction": v} for v in values]
+        if t.task == "multilabel":  # every label with probability >= 0.5, in label order
+            probs = torch.sigmoid(outputs)  # (N, K)
+            names = [str(c) for c in t.classes or []]
+            return [
+                {
+                    "prediction": [
+                        c for c, p in zip(t.classes or [], row, strict=True) if p >= 0.5
+                    ],
+                    "probabilities": dict(zip(names, row, strict=True)),
+                }
+                for row in probs.tolist()
+            ]
         if t.task == "binary":
             p1 = torch.sigmoid(outputs[:, 0])
             probs = torch.stack([1.0 - p1, p1], dim=1)  # (N, 2)
@@ -284,7 +386,15 @@ class Preprocessor:
         ]
 
     def class_weights(self, table_target: torch.Tensor) -> torch.Tensor:
-        """(C,) float32 inverse-frequency weights n / (C * count_c) from (N,) class indices."""
+        """(C,) float32 inverse-frequency weights n / (C * count_c) from (N,) class indices.
+
+        Multilabel: (K,) positive weights negatives / positives per label from the (N, K)
+        multi-hot targets (the BCE `pos_weight`; 1 for a label that is never or always on)."""
+        if self.target.task == "multilabel":
+            positives = table_target.double().sum(0)
+            negatives = len(table_target) - positives
+            ratio = negatives / positives.clamp(min=1)
+            return torch.where((positives > 0) & (negatives > 0), ratio, 1.0).float()
         num_classes = len(self.target.classes or [])
         counts = torch.bincount(table_target.cpu(), minlength=num_classes).double()
         weights = len(table_target) / (num_classes * counts.clamp(min=1))
@@ -301,6 +411,14 @@ class Preprocessor:
                     item["values"] = f.vocab
             elif f.type == "image":
                 item.update(channels=f.channels, height=f.height, width=f.width)
+            elif f.type == "text":
+                encoder = self._encoder(f)
+                item.update(max_length=f.max_length, tokenizer=encoder.kind if encoder else None)
+            elif f.type == "sequence":
+                seq = f.sequence or {}
+                item.update(channels=seq.get("channels"), max_length=f.max_length)
+                if f.name in self.runs:
+                    item["columns"] = self.runs[f.name]
             schema.append(item)
         return schema
 
@@ -317,6 +435,7 @@ class Preprocessor:
             "format_version": FORMAT_VERSION,
             "features": [asdict(f) for f in self.features],
             "target": asdict(self.target),
+            "runs": self.runs,
             "spec": asdict(self.spec),
         }
         (directory / "features.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
@@ -337,7 +456,7 @@ class Preprocessor:
                 f"{FORMAT_VERSION}; retrain, or use the forgeml version that wrote it"
             )
         features = [FeatureSpec(**f) for f in state["features"]]
-        return cls(features, TargetSpec(**state["target"]))
+        return cls(features, TargetSpec(**state["target"]), state.get("runs"))
 
 
 def _good_rows(
@@ -368,7 +487,24 @@ def _good_rows(
         checks.column(
             f.name,
             numeric=f.type == "numeric",
-            required=image or f.fill == "error",
+            required=image or f.type == "sequence" or f.fill == "error",
             missing=(MISSING_VALUE, "missing image" if image else "missing value"),
         )
     return checks.record(bad_rows)
+
+
+def _sequence_input(f: FeatureSpec, encoder: TextEncoder | None) -> SequenceInput:
+    if encoder is not None:
+        return SequenceInput(
+            f.name,
+            "text",
+            max_length=f.max_length or 1,
+            vocab_size=encoder.vocab_size,
+            vocab=tuple(encoder.vocab()),
+        )
+    return SequenceInput(
+        f.name,
+        "sequence",
+        max_length=f.max_length or 1,
+        channels=(f.sequence or {}).get("channels", 1),
+    )

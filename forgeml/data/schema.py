@@ -64,7 +64,7 @@ class FeatureSpec:
     """One input column as fitted on the train split (JSON-serialisable)."""
 
     name: str
-    type: Literal["numeric", "category", "image"]
+    type: Literal["numeric", "category", "image", "text", "sequence"]
     inferred: bool  # False: declared in data.columns
     fill: str = "error"  # error | mean | median | constant
     fill_value: float | str | None = None  # the resolved value put in for a missing one
@@ -74,6 +74,10 @@ class FeatureSpec:
     channels: int | None = None  # image only
     height: int | None = None
     width: int | None = None
+    max_length: int | None = None  # text/sequence: the longest L a batch can have
+    text: dict | None = None  # text: the fitted TextEncoder.state() (cleaning, vocab/tokenizer)
+    # sequence: {"config": SequenceConfig fields, "channels": C, "scaler": state or None}
+    sequence: dict | None = None
 
 
 @dataclass
@@ -81,7 +85,9 @@ class TargetSpec:
     """The target column: classes for classification, scale for regression."""
 
     name: str
-    task: Task  # binary (2 classes) | multiclass | regression
-    classes: list | None  # label values as they came in (int/float/str), sorted; None: regression
+    task: Task  # binary (2 classes) | multiclass | multilabel | regression
+    # label values as they came in (int/float/str), sorted; multilabel: the label names (a row's
+    # target is a list of them); None: regression
+    classes: list | None
     mean: float | None = None  # regression: targets are (y - mean) / std while training
     std: float | None = None

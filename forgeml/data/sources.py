@@ -9,8 +9,6 @@ file and line of its row at hand (`Table.row_ref`).
 from __future__ import annotations
 
 import csv
-import gzip
-import importlib.resources
 import io
 import json
 import math
@@ -29,8 +27,11 @@ from forgeml.data.bad_rows import (
     WRONG_FIELD_COUNT,
     BadRows,
 )
+from forgeml.data.builtins import list_builtins, read_builtin
 from forgeml.data.table import Table
 from forgeml.errors import DataError
+
+__all__ = ["list_builtins", "read_table"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -68,7 +69,7 @@ def read_table(
     """
     spec = str(spec)
     if spec.startswith("builtin:"):
-        return _read_builtin(spec)
+        return read_builtin(spec)
     path = Path(spec).expanduser()
     if not path.is_absolute():
         path = Path(base_dir if base_dir is not None else os.getcwd()) / path
@@ -99,11 +100,6 @@ def read_table(
         raise _error(
             f"cannot read {spec} ({path}): {reason}; check that the file is readable"
         ) from None
-
-
-def list_builtins() -> list[str]:
-    """Names accepted after `builtin:` in `read_table`, e.g. `["blobs", "digits", ...]`."""
-    return sorted(_BUILTINS)
 
 
 def _error(message: str) -> DataError:
@@ -449,95 +445,4 @@ _JSONL = (".jsonl", ".ndjson")
 _READERS: dict[str, Callable[[Path, str], Table]] = {
     ".parquet": _read_parquet,
     ".npz": _read_npz,
-}
-
-
-# --- built-in data sets ------------------------------------------------------------------------
-
-
-def _read_builtin(spec: str) -> Table:
-    name, _, query = spec.removeprefix("builtin:").partition("?")
-    if name not in _BUILTINS:
-        raise _error(
-            f"unknown built-in data set {name!r} in {spec!r}; expected one of "
-            f"{', '.join(list_builtins())}; e.g. builtin:digits"
-        )
-    build, defaults = _BUILTINS[name]
-    params = dict(defaults)
-    valid = ", ".join(defaults) or "none"
-    for item in filter(None, query.split("&")):
-        key, _, value = item.partition("=")
-        if key not in defaults:
-            raise _error(
-                f"{spec}: unknown parameter {key!r}; valid parameters of builtin:{name}: {valid}"
-            )
-        kind = type(defaults[key])
-        try:
-            params[key] = kind(value)
-        except ValueError:
-            what = "an integer" if kind is int else "a number"
-            raise _error(
-                f"{spec}: parameter {key!r} must be {what}, got {value!r}; valid parameters of "
-                f"builtin:{name}: {valid}"
-            ) from None
-        # Counts need at least one; seed, std and noise only need to be non-negative.
-        least = 1 if key in ("n", "features", "classes") else 0
-        if not params[key] >= least or not math.isfinite(params[key]):
-            raise _error(
-                f"{spec}: parameter {key!r} must be a finite number of at least {least}, "
-                f"got {value!r}; e.g. builtin:{name}?{key}={defaults[key]}"
-            )
-    return Table(build(**params), source=spec, row_label="row")
-
-
-def _digits() -> dict[str, np.ndarray]:
-    # scikit-learn's copy of the UCI digits (BSD): 64 pixels 0..16 then the label, no header.
-    raw = importlib.resources.files("forgeml.data").joinpath("builtin/digits.csv.gz").read_bytes()
-    data = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",")  # (1797, 65)
-    pixels = np.clip(np.round(data[:, :64] * 255 / 16), 0, 255).astype(np.uint8)
-    return {
-        "image": _object_array(pixels.reshape(-1, 8, 8)),  # each entry (8, 8) uint8
-        "label": data[:, 64].astype(np.int64),
-    }
-
-
-def _blobs(n: int, features: int, classes: int, std: float, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centers = rng.uniform(-5.0, 5.0, size=(classes, features))
-    labels = rng.permutation(np.arange(n) % classes)  # balanced, in random order
-    x = centers[labels] + rng.normal(0.0, std, size=(n, features))  # (n, features)
-    return {**{f"x{j}": x[:, j] for j in range(features)}, "label": labels.astype(np.int64)}
-
-
-def _regression(n: int, features: int, noise: float, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, features))  # (n, features)
-    weights = rng.normal(size=features)
-    # The sine term keeps a purely linear model from being exactly right.
-    y = x @ weights + 0.5 * np.sin(x[:, 0]) + rng.normal(0.0, noise, size=n)
-    return {**{f"x{j}": x[:, j] for j in range(features)}, "y": y}
-
-
-def _tabular(n: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    age = rng.uniform(18.0, 80.0, size=n).round()
-    income = rng.lognormal(mean=10.5, sigma=0.5, size=n).round(-2)
-    color = rng.choice(np.array(["red", "green", "blue"], dtype=object), size=n)
-    # Each input moves the odds, so a model must use all three (and encode the category) to do well.
-    color_effect = np.select([color == "red", color == "green"], [1.5, 0.0], default=-1.5)
-    logit = 0.06 * (age - 49.0) + 2.0 * (np.log(income) - 10.5) + color_effect
-    yes = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
-    return {
-        "age": age,
-        "income": income,
-        "color": color,
-        "label": np.where(yes, "yes", "no").astype(object),
-    }
-
-
-_BUILTINS: dict[str, tuple[Callable[..., dict[str, np.ndarray]], dict[str, int | float]]] = {
-    "digits": (_digits, {}),
-    "blobs": (_blobs, {"n": 600, "features": 2, "classes": 3, "std": 1.0, "seed": 0}),
-    "regression": (_regression, {"n": 1000, "features": 8, "noise": 0.1, "seed": 0}),
-    "tabular": (_tabular, {"n": 1000, "seed": 0}),
 }

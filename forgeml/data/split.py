@@ -126,8 +126,8 @@ def is_numeric_column(values: np.ndarray, max_bad_fraction: float = 0.0) -> bool
 
 def infer_target_kind(
     table: Table, cfg: DataConfig, *, max_bad_fraction: float = 0.0
-) -> Literal["category", "numeric"]:
-    """Whether `cfg.target` holds classes or numbers.
+) -> Literal["category", "numeric", "labels"]:
+    """Whether `cfg.target` holds classes, numbers or lists of labels (multi-label).
 
     A declared `data.columns.<target>.type` wins. Otherwise the target is numeric when every value
     is a number (but `max_bad_fraction` of them, see `is_numeric_column`) and either some value
@@ -141,13 +141,16 @@ def infer_target_kind(
         )
     declared = cfg.columns.get(name)
     if declared is not None and declared.type is not None:
-        if declared.type == "image":
+        if declared.type in ("image", "text", "sequence"):
             raise ConfigError(
-                f"data.columns.{name}.type=image: the target column '{name}' cannot be an "
-                "image; declare it numeric or category"
+                f"data.columns.{name}.type={declared.type}: the target column '{name}' cannot "
+                f"be of type {declared.type}; declare it numeric, category or labels"
             )
         return declared.type
     values = table.columns[name]
+    present = [v for v in values[:1000] if not is_missing(v)]
+    if present and all(_is_label_list(v) for v in present):
+        return "labels"  # lists of labels: multi-label classification
     if not is_numeric_column(values, max_bad_fraction):
         return "category"
     floats, _ = parse_float_column(values)
@@ -259,3 +262,9 @@ def _stratified(
         for s, chunk in enumerate(np.split(rows, np.cumsum(sizes[c])[:-1])):
             parts[s].append(chunk)
     return [np.concatenate(p) if p else np.empty(0, dtype=np.int64) for p in parts]
+
+
+def _is_label_list(value: object) -> bool:
+    if isinstance(value, list | tuple):
+        return True
+    return isinstance(value, str) and value.lstrip().startswith("[") and value.rstrip()[-1:] == "]"

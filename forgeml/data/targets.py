@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from forgeml.config import DataConfig
-from forgeml.data.columns import python_value, sort_key, value_keys
+from forgeml.data.columns import python_value, sort_key, value_key, value_keys
 from forgeml.data.schema import TargetSpec
 from forgeml.data.split import parse_floats
 from forgeml.data.table import Table
@@ -44,6 +46,15 @@ def fit_target(table: Table, cfg: DataConfig, kind: str) -> TargetSpec:
         return TargetSpec(
             name, "regression", None, mean=float(floats.mean()), std=float(floats.std()) or 1.0
         )
+    if kind == "labels":
+        lists = label_lists(table, name)
+        labels = sorted({label for row in lists for label in row}, key=sort_key)
+        if not labels:
+            raise DataError(
+                f"{table.source}: target column '{name}' has no label in any row of the training "
+                'split; expected lists of labels like ["sports", "news"]; check the data'
+            )
+        return TargetSpec(name, "multilabel", labels)
     values = table.columns[name]
     keys = value_keys(values)
     missing = np.equal(keys, None)
@@ -61,3 +72,52 @@ def fit_target(table: Table, cfg: DataConfig, kind: str) -> TargetSpec:
     order = sorted(range(len(unique)), key=lambda i: sort_key(str(unique[i])))
     classes = [python_value(values[first[i]]) for i in order]
     return TargetSpec(name, "binary" if len(classes) == 2 else "multiclass", classes)
+
+
+def is_label_list(value: object) -> bool:
+    """A list of labels: a list/tuple/array, or a string holding a JSON array."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return True
+    return isinstance(value, str) and value.lstrip().startswith("[")
+
+
+def label_lists(table: Table, name: str) -> list[list[str]]:
+    """Each row's labels (as category keys, see `value_key`) of a multi-label target: a JSON
+    array ("[\"a\", \"b\"]", "[]" for none) or a list; a plain string is one label."""
+    out = []
+    for i, value in enumerate(table.columns[name]):
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise DataError(
+                    f"{table.row_ref(i)}, column '{name}': {value[:40]!r} is not a JSON array "
+                    f'({exc.msg}); expected a list of labels like ["a", "b"]; fix the value'
+                ) from None
+        if not isinstance(value, list | tuple | np.ndarray):
+            value = [value]
+        keys = [value_key(v) for v in value]
+        if any(k is None or isinstance(v, list | dict) for k, v in zip(keys, value, strict=True)):
+            raise DataError(
+                f"{table.row_ref(i)}, column '{name}': {str(value)[:40]} holds a missing or "
+                "nested label; expected a flat list of labels; fix the value or drop the row"
+            )
+        out.append(keys)
+    return out
+
+
+def multi_hot(table: Table, target: TargetSpec, index: dict) -> np.ndarray:
+    """(N, K) float32: 1 where the row has label k. A label the model does not know is an error."""
+    lists = label_lists(table, target.name)
+    out = np.zeros((len(lists), len(target.classes or [])), dtype=np.float32)
+    for i, labels in enumerate(lists):
+        for label in labels:
+            k = index.get(label)
+            if k is None:
+                raise DataError(
+                    f"{table.row_ref(i)}, column '{target.name}': label {label!r} is not one "
+                    f"the model knows ({', '.join(map(str, (target.classes or [])[:20]))}); fix "
+                    "the label or drop the row"
+                )
+            out[i, k] = 1.0
+    return out
