@@ -332,7 +332,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
 
 
 def test_list_builtins():
-    assert list_builtins() == ["blobs", "digits", "regression", "tabular"]
+    assert list_builtins() == ["blobs", "digits", "regression", "tabular", "waves"]
 
 
 def test_digits():
@@ -417,3 +417,23 @@ def test_errors_are_data_errors_with_one_line(tmp_path):
         read_table("q.csv", base_dir=tmp_path)
     message = assert_one_line_error(excinfo, "q.csv, line 3")
     assert re.search(r"expected 2 fields", message)
+
+
+def test_waves_are_variable_length_signals_of_three_balanced_shapes():
+    table = read_table("builtin:waves?n=90&length=40&seed=3")
+    signals, labels = table.columns["signal"], table.columns["label"]
+    assert len(signals) == len(labels) == 90
+    lengths = {len(s) for s in signals}
+    assert min(lengths) >= 20 and max(lengths) <= 40 and len(lengths) > 5
+    assert all(s.dtype == np.float32 and s.ndim == 1 for s in signals)
+    assert sorted(set(labels)) == ["sawtooth", "sine", "square"]
+    assert {str(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))} == {
+        "sawtooth": 30,
+        "sine": 30,
+        "square": 30,
+    }
+    # The same seed gives the same data; another seed other data.
+    again = read_table("builtin:waves?n=90&length=40&seed=3").columns["signal"]
+    other = read_table("builtin:waves?n=90&length=40&seed=4").columns["signal"]
+    assert all(np.array_equal(a, b) for a, b in zip(signals, again, strict=True))
+    assert not all(len(a) == len(b) and np.array_equal(a, b) for a, b in zip(signals, other))
