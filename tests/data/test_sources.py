@@ -427,7 +427,9 @@ def test_waves_are_variable_length_signals_of_three_balanced_shapes():
     assert min(lengths) >= 20 and max(lengths) <= 40 and len(lengths) > 5
     assert all(s.dtype == np.float32 and s.ndim == 1 for s in signals)
     assert sorted(set(labels)) == ["sawtooth", "sine", "square"]
-    assert {str(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))} == {
+    assert {
+        str(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True), strict=True)
+    } == {
         "sawtooth": 30,
         "sine": 30,
         "square": 30,
@@ -436,4 +438,6 @@ def test_waves_are_variable_length_signals_of_three_balanced_shapes():
     again = read_table("builtin:waves?n=90&length=40&seed=3").columns["signal"]
     other = read_table("builtin:waves?n=90&length=40&seed=4").columns["signal"]
     assert all(np.array_equal(a, b) for a, b in zip(signals, again, strict=True))
-    assert not all(len(a) == len(b) and np.array_equal(a, b) for a, b in zip(signals, other))
+    assert not all(
+        len(a) == len(b) and np.array_equal(a, b) for a, b in zip(signals, other, strict=True)
+    )
