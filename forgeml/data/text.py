@@ -56,7 +56,7 @@ class TextConfig(BaseModel):
     strip_numbers: bool = False
     strip_punctuation: bool = False  # Unicode P* and S* -> space
     # None: keep all; "english": the shipped list; else a UTF-8 file, one word per line (relative
-    # to the config file). Word tokenizer only.
+    # to the current directory, like data.source). Word tokenizer only.
     stopwords: str | None = None
     tokenizer: Literal["char", "word", "bpe", "wordpiece"] = "word"
     # A Hugging Face tokenizer.json used as it is (no training); `tokenizer` is then ignored.
