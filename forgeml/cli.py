@@ -111,7 +111,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         argv = ["train", args.config, *args.overrides]
         argv += ["--quiet"] if args.quiet else []
         argv += [] if resume is None else ["--resume"] + ([] if resume is True else [str(resume)])
-        launch(
+        from forgeml.config import load_config
+
+        load_config(args.config, args.overrides)  # a config mistake: one line, before any rank
+        return launch(
             args.nproc, (["--debug"] if args.debug else []) + argv, max_restarts=args.max_restarts
         )
     try:

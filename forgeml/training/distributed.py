@@ -9,11 +9,16 @@ ranks, and only rank 0 logs and writes files. Without torchrun every helper here
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def world_size() -> int:
@@ -89,8 +94,14 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
-def launch(nproc: int, argv: list[str], *, max_restarts: int = 0) -> None:
-    """Replace this process with `torchrun --nproc-per-node N -m forgeml ARGV` (no return)."""
+def launch(nproc: int, argv: list[str], *, max_restarts: int = 0) -> int:
+    """Run `torchrun --nproc-per-node N -m forgeml ARGV` and return its exit code.
+
+    Ranks report a bad input as one `error:` line and exit 2; torchrun would then bury it under
+    its own traceback. Its stderr is held back and, on failure, reduced to the ranks' `error:`
+    lines (once each) with exit code 2; any other failure is shown in full. SIGINT/SIGTERM are
+    passed on to torchrun, which passes them to every rank (they checkpoint and stop).
+    """
     command = [
         sys.executable,
         "-m",
@@ -103,5 +114,22 @@ def launch(nproc: int, argv: list[str], *, max_restarts: int = 0) -> None:
         *argv,
     ]
     sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, command)
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as err:
+        job = subprocess.Popen(command, stderr=err)
+        forward = {sig: signal.signal(sig, lambda s, _f: job.send_signal(s)) for sig in SIGNALS}
+        try:
+            code = job.wait()
+        finally:
+            for sig, handler in forward.items():
+                signal.signal(sig, handler)
+        err.seek(0)
+        text = err.read()
+    errors = list(dict.fromkeys(line for line in text.splitlines() if line.startswith("error:")))
+    if code != 0 and errors:
+        print("\n".join(errors), file=sys.stderr)
+        if any("stopped by SIGINT" in e for e in errors):
+            return 130
+        return 143 if any("stopped by SIGTERM" in e for e in errors) else 2
+    # Success, or a failure without a rank's one-line error (a crash): show everything.
+    sys.stderr.write(text)
+    return code

@@ -141,3 +141,43 @@ def test_killed_rank_is_restarted_and_the_job_resumes(tmp_path: Path) -> None:
         if json.loads(line)["split"] == "train"
     ]
     assert epochs == list(range(1, 31))
+
+
+def test_a_bad_input_under_nproc_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
+    # Ranks fail on the data (not the config, which is checked before launching): the launcher
+    # turns torchrun's failure report into the ranks' own one-line error, once.
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    done = forgeml(tmp_path, "train", "c.yaml", "data.target=nope", "--nproc", "2", "--quiet")
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error:") and "target column 'nope' not found" in lines[0]
+    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr
+
+
+def test_sigterm_to_the_launcher_checkpoints_every_rank_and_exits_143(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        CONFIG.replace("max_epochs: 4", "max_epochs: 200") + "  checkpoint: {every_steps: 10}\n"
+    )
+    job = subprocess.Popen(
+        [sys.executable, "-m", "forgeml", "train", "c.yaml", "--nproc", "2", "--quiet"],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoints = tmp_path / "runs/c/checkpoints"
+    deadline = time.monotonic() + 120
+    while not any(checkpoints.glob("step-*")):
+        assert job.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.1)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stopped by SIGTERM" in errors[0] and "--resume" in errors[0]
+    # Both ranks stopped at the same step, and that step's checkpoint is committed.
+    step = int(errors[0].split("after step ")[1].split()[0])
+    assert (checkpoints / f"step-{step:08d}" / "manifest.json").is_file()
+    assert not (tmp_path / "runs/c/forgeml.json").exists()
