@@ -377,7 +377,7 @@ def save_run(
     sha = run_dir.save_weights(weights if weights is not None else model.state_dict())
     plot_history(result.history, run_dir.path / "training_curves.png")
     report_split = "test" if "test" in metrics else ("val" if "val" in metrics else "train")
-    if task != "regression":
+    if task in ("binary", "multiclass"):  # multilabel: per-label table in card.md instead
         plot_confusion(
             metrics[report_split]["confusion_matrix"],
             _class_names(pre) or [],

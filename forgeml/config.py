@@ -119,8 +119,10 @@ class SchedulerConfig(Strict):
 
 
 class LossConfig(Strict):
-    label_smoothing: float = Field(0.0, ge=0, lt=1)  # multiclass only
-    # None, "auto" (inverse class frequency on the train split) or one weight per class name.
+    # multiclass; multilabel: 0/1 targets move towards 0.5 (y(1-e) + e/2); binary: ignored
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # None, "auto" (inverse class frequency on the train split) or one weight per class name;
+    # multilabel: the BCE pos_weight per label (auto: negatives / positives of that label).
     class_weights: Literal["auto"] | dict[str, float] | None = None
     regression: Literal["mse", "huber"] = "mse"
     huber_delta: float = Field(1.0, gt=0)

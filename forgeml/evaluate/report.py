@@ -116,7 +116,8 @@ def write_card(
         input_schema: one dict per input column: {"name", "type", ...}.
         output_schema: {"name", "task", "classes"?}.
         metrics: {split: MetricSet.compute() result}; only scalars go in the table, plus the
-            per-class table of the test split (val when there is no test split).
+            per-class (per-label for multilabel) table of the test split (val when there is no
+            test split).
         data_summary: rows per split, e.g. {"train": 1437, "val": 180, "test": 180}.
     """
     path = Path(path)
@@ -141,7 +142,8 @@ def write_card(
             lines.append(f"- {label}: `{data[key]}`")
     target = f"- Target: `{target_name}` ({task})"
     if classes:
-        target += f", {len(classes)} classes: " + ", ".join(f"`{c}`" for c in classes)
+        kind = "labels" if task == "multilabel" else "classes"
+        target += f", {len(classes)} {kind}: " + ", ".join(f"`{c}`" for c in classes)
     lines += [target, "", "| split | rows |", "|---|---:|"]
     lines += [f"| {split} | {rows:,} |" for split, rows in _ordered(data_summary)]
     lines += ["", "Input columns:", "", "| column | type | details |", "|---|---|---|"]
@@ -179,6 +181,21 @@ def write_card(
         for cls, m in metrics[per_class_split]["per_class"].items():
             scores = " | ".join(_fmt(m[k]) for k in ("precision", "recall", "f1"))
             lines.append(f"| {_cell(cls)} | {scores} | {m['support']} |")
+    per_label_split = next((s for s in ("test", "val") if "per_label" in metrics.get(s, {})), None)
+    if per_label_split:
+        # Multilabel: support = rows where the label is true; AUCs are "–" for a label with one
+        # class in the targets (undefined, left out of the macro averages).
+        lines += ["", f"Per label ({per_label_split} split):", ""]
+        lines += [
+            "| label | precision | recall | f1 | support | roc_auc | pr_auc |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for label, m in metrics[per_label_split]["per_label"].items():
+            scores = " | ".join(_fmt(m[k]) for k in ("precision", "recall", "f1"))
+            aucs = " | ".join(
+                _fmt(m[k]) if _is_number(m.get(k)) else "–" for k in ("roc_auc", "pr_auc")
+            )
+            lines.append(f"| {_cell(label)} | {scores} | {m['support']} | {aucs} |")
 
     lines += [
         "",

@@ -529,7 +529,7 @@ def _monitor(early: Any, *, has_val: bool) -> tuple[str | None, str]:
     return monitor, mode
 
 
-HEADLINE = ("loss", "accuracy", "f1_macro", "roc_auc", "rmse", "r2")
+HEADLINE = ("loss", "accuracy", "f1_macro", "roc_auc", "f1_micro", "rmse", "r2")
 
 
 def _own_part(

@@ -117,6 +117,12 @@ SUMMARY = (
     "f1_weighted",
     "roc_auc",
     "average_precision",
+    "subset_accuracy",  # multilabel
+    "hamming_loss",
+    "f1_micro",
+    "f1_samples",
+    "roc_auc_macro",
+    "pr_auc_macro",
     "mae",
     "mse",
     "rmse",

@@ -92,6 +92,8 @@ def test_binary_matches_sklearn(binary_data):
     assert result["average_precision"] == pytest.approx(
         skm.average_precision_score(y, prob), abs=TOL
     )
+    # pr_auc: the name multilabel uses (pr_auc_macro, per_label pr_auc); the same number.
+    assert result["pr_auc"] == result["average_precision"]
 
 
 def test_binary_batch_of_logits_within_unit_interval():
@@ -178,6 +180,7 @@ def test_roc_auc_none_with_one_class_and_no_warning(binary_data):
         warnings.simplefilter("error")
         result = feed(MetricSet("binary"), logits, torch.ones(N, dtype=torch.long))
     assert result["roc_auc"] is None and result["average_precision"] is None
+    assert result["pr_auc"] is None
     assert result["per_class"]["0"]["support"] == 0
 
 
@@ -193,6 +196,8 @@ def test_wrong_width_is_reported():
         MetricSet("multiclass", ["a", "b", "c"]).update(torch.zeros(4, 5), torch.zeros(4).long())
     with pytest.raises(ValueError, match="2 classes"):
         MetricSet("binary", ["a", "b", "c"])
+    with pytest.raises(ValueError, match="multilabel"):
+        MetricSet("ranking")
 
 
 def test_scalar_metrics_primary_metric_and_mode(multiclass_data):
@@ -205,7 +210,8 @@ def test_scalar_metrics_primary_metric_and_mode(multiclass_data):
     assert primary_metric("multiclass") == ("accuracy", "max")
     assert primary_metric("binary") == ("accuracy", "max")
     assert primary_metric("regression") == ("rmse", "min")
-    for name in ("loss", "val_loss", "mae", "test_mse", "val_rmse"):
+    assert primary_metric("multilabel") == ("f1_micro", "max")
+    for name in ("loss", "val_loss", "mae", "test_mse", "val_rmse", "val_hamming_loss"):
         assert metric_mode(name) == "min", name
-    for name in ("accuracy", "val_f1_macro", "r2", "roc_auc"):
+    for name in ("accuracy", "val_f1_macro", "r2", "roc_auc", "pr_auc", "subset_accuracy"):
         assert metric_mode(name) == "max", name

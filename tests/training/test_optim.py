@@ -218,3 +218,73 @@ def test_regression_losses() -> None:
     big = torch.tensor([[3.0]])
     assert huber(big, torch.zeros(1)).item() == pytest.approx(0.5 * (3.0 - 0.25))
     assert not math.isnan(huber(outputs, target).item())
+
+
+def multi_hot(batch: int = 16, labels: int = 5):
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(batch, labels, generator=gen) * 2  # (B, K)
+    target = (torch.rand(batch, labels, generator=gen) < 0.3).float()  # (B, K) 0./1.
+    target[:, 4] = 0.0  # a label with no positives: pos_weight has no term to scale there
+    return logits, target
+
+
+def bce_by_hand(logits, target, pos_weight=None):
+    """Mean over all B x K entries of -(w_k y log s + (1 - y) log(1 - s)), s = sigmoid."""
+    w = torch.ones(logits.shape[1]) if pos_weight is None else pos_weight
+    log_s, log_1_s = F.logsigmoid(logits), F.logsigmoid(-logits)
+    return -(w * target * log_s + (1 - target) * log_1_s).mean()
+
+
+def test_multilabel_loss_is_mean_bce_over_all_entries() -> None:
+    logits, target = multi_hot()
+    loss = build_loss(LossConfig(), "multilabel")(logits, target)
+    assert loss.shape == ()
+    expected = F.binary_cross_entropy_with_logits(logits, target)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(bce_by_hand(logits, target).item(), rel=1e-5)
+
+
+def test_multilabel_class_weights_are_pos_weight() -> None:
+    logits, target = multi_hot()
+    weights = torch.tensor([1.0, 4.0, 0.5, 2.0, 10.0])  # (K,): one positive weight per label
+    loss = build_loss(LossConfig(), "multilabel", weights)(logits, target)
+    expected = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weights)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(bce_by_hand(logits, target, weights).item(), rel=1e-5)
+    # Only positive entries are scaled: a label without positives is unaffected by its weight.
+    other = weights.clone()
+    other[4] = 1.0
+    same = build_loss(LossConfig(), "multilabel", other)(logits, target)
+    assert same.item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_multilabel_label_smoothing_moves_targets_towards_half() -> None:
+    logits, target = multi_hot()
+    weights = torch.tensor([1.0, 4.0, 0.5, 2.0, 3.0])
+    loss = build_loss(LossConfig(label_smoothing=0.2), "multilabel", weights)(logits, target)
+    smoothed = target * 0.8 + 0.1  # a 1 becomes 0.9, a 0 becomes 0.1
+    expected = F.binary_cross_entropy_with_logits(logits, smoothed, pos_weight=weights)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(bce_by_hand(logits, smoothed, weights).item(), rel=1e-5)
+    plain = build_loss(LossConfig(), "multilabel", weights)(logits, target)
+    assert loss.item() != pytest.approx(plain.item(), rel=1e-3)
+
+
+def test_multilabel_loss_rejects_wrong_shapes() -> None:
+    logits, target = multi_hot()
+    loss = build_loss(LossConfig(), "multilabel", torch.ones(3))
+    with pytest.raises(ValueError, match="one class weight per label"):
+        loss(logits, target)
+    with pytest.raises(ValueError, match="targets"):
+        build_loss(LossConfig(), "multilabel")(logits, target[:, 0])
+    with pytest.raises(ValueError, match="one weight per label"):
+        build_loss(LossConfig(), "multilabel", torch.ones(2, 5))
+
+
+def test_multilabel_loss_has_gradients() -> None:
+    logits, target = multi_hot()
+    logits.requires_grad_(True)
+    build_loss(LossConfig(label_smoothing=0.1), "multilabel", torch.full((5,), 2.0))(
+        logits, target
+    ).backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
