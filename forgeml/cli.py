@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from forgeml.errors import ForgeError
+from forgeml.export_cli import add_export_parser, cmd_export
+from forgeml.serve.cli import add_serve_parser, cmd_serve
 
 USAGE_EXAMPLES = """examples:
   forgeml train configs/digits-cnn.yaml train.max_epochs=5
   forgeml validate configs/digits-cnn.yaml
   forgeml evaluate runs/digits-cnn --data new_labelled.csv
   forgeml predict runs/digits-cnn images/ --output predictions.csv
+  forgeml serve runs/digits-cnn --port 8000
+  forgeml export runs/digits-cnn --format onnx
 """
 
 
@@ -74,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("input", help="CSV/TSV/JSONL/Parquet file, an image, or a folder of images")
     p.add_argument("--output", help="CSV or JSONL file (by extension); default: JSONL on stdout")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: run the model `forgeml export` wrote with onnxruntime (default: torch)",
+    )
+
+    add_serve_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
@@ -183,7 +196,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from forgeml.artifact import atomic_write
     from forgeml.predict import Predictor
 
-    predictor = Predictor(args.run_dir)
+    predictor = Predictor(args.run_dir, backend=args.backend)
     table = predictor.to_table(args.input)
     rows = predictor.predict(table)
     # Keep the image path with each prediction: an image folder has no other row identity.
@@ -232,6 +245,8 @@ COMMANDS = {
     "validate": cmd_validate,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "serve": cmd_serve,
+    "export": cmd_export,
 }
 
 if __name__ == "__main__":

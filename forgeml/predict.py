@@ -36,6 +36,8 @@ class Predictor:
         module: for runs trained on your own `nn.Module`: a fresh instance of it to load into.
         precision: "auto" (bf16 where the hardware is fast at it), "fp32" or "bf16"; None:
             the run's `train.precision`, so predictions reproduce the run's metrics.
+        backend: "torch" (the run's weights in eager PyTorch) or "onnx" (its `forgeml export`
+            run by onnxruntime on the CPU, in fp32; `run_dir` may be the export directory).
     """
 
     def __init__(
@@ -44,11 +46,24 @@ class Predictor:
         *,
         module: nn.Module | None = None,
         precision: str | None = None,
+        backend: str = "torch",
     ) -> None:
+        if backend not in ("torch", "onnx"):
+            raise ForgeError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
         self.run_dir = Path(run_dir)
+        self.backend = backend
         self.manifest = read_manifest(self.run_dir)
         self.config = load_config(read_config_dict(self.run_dir))
         self.preprocessor = Preprocessor.load(self.run_dir / "preprocess")
+        if backend == "onnx":
+            from forgeml.export import OnnxBackend
+
+            # Preprocessing stays in Python; the exported graph replaces only the model.
+            self.model = OnnxBackend.for_run(self.run_dir)
+            self.device = torch.device("cpu")
+            self.precision = resolve_precision("fp32", self.device)
+            self.batch_size = self.config.train.eval_batch_size or 4 * self.config.train.batch_size
+            return
         if self.manifest.get("model") == "custom":
             if module is None:
                 raise ForgeError(
@@ -90,6 +105,7 @@ class Predictor:
         outputs = self.raw_outputs(TensorData(features, None))
         return self.preprocessor.decode(outputs)
 
+    @torch.inference_mode()
     def raw_outputs(self, data: TensorData) -> torch.Tensor:
         """(N, out_dim) float32 model outputs, in eval mode, batched."""
         chunks = [
@@ -205,6 +221,11 @@ def _flat_images(folder: Path) -> list[Path]:
     )
 
 
-def load(run_dir: str | Path, *, module: nn.Module | None = None) -> Predictor:
-    """Load a run directory for prediction: `forgeml.load("runs/NAME").predict(records)`."""
-    return Predictor(run_dir, module=module)
+def load(
+    run_dir: str | Path, *, module: nn.Module | None = None, backend: str = "torch"
+) -> Predictor:
+    """Load a run directory for prediction: `forgeml.load("runs/NAME").predict(records)`.
+
+    `backend="onnx"` runs the run's `forgeml export` with onnxruntime instead of torch.
+    """
+    return Predictor(run_dir, module=module, backend=backend)

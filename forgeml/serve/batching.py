@@ -1,0 +1,262 @@
+"""Dynamic batching: one worker thread per model merges concurrent requests into one forward.
+
+Request handlers (on the event loop) put a `Job` into the model's bounded queue and await an
+asyncio future. The worker thread takes the first job, keeps taking jobs until the batch holds
+`max_batch_size` rows or `max_delay_s` has passed since the first one, then runs them:
+
+    encode each job's records (a bad one fails alone, 422)  ->  merge the tensors  ->
+    one forward  ->  split the outputs by job  ->  decode  ->  resolve each job's future
+
+All torch work of a model happens on its worker thread, so the event loop only parses and
+answers, and the model's preprocessing state is never shared between threads. A full queue is
+`QueueFull` (429); a job whose request timed out is dropped before it is run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from forgeml.errors import ForgeError
+from forgeml.serve.codec import Locate, data_error_field
+from forgeml.serve.models import ServedModel, merge_inputs
+from forgeml.serve.values import RequestError
+
+log = logging.getLogger("forgeml.serve")
+SOURCE = "request"  # preprocessing errors read "request, record 3, column 'age': ..."
+# Tests only: a path; every model's loading waits until it exists, so "not ready yet" can be
+# observed deterministically.
+LOAD_GATE_ENV = "FORGEML_SERVE_TEST_LOAD_GATE"
+
+
+class QueueFull(Exception):
+    """The model's queue holds `max_queue` requests: the client should retry later (429)."""
+
+
+class ShuttingDown(Exception):
+    """The server is stopping and takes no new work (503)."""
+
+
+class BatchMetrics(Protocol):
+    def observe_batch(self, model: str, rows: int, requests: int, seconds: float) -> None: ...
+    def set_queue_depth(self, model: str, depth: int) -> None: ...
+
+
+@dataclass(eq=False)
+class Job:
+    records: list[dict[str, Any]]
+    locate: Locate  # (row, column or "") -> the request field, for error messages
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    abandoned: bool = field(default=False)  # set on the loop when the request gave up
+
+    @property
+    def rows(self) -> int:
+        return len(self.records)
+
+
+class Batcher:
+    """The queue and worker thread of one model. `start()` loads it (on the worker)."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+        merge: bool = True,
+        metrics: BatchMetrics | None = None,
+        on_loaded: Callable[[Batcher, BaseException | None], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self.merge = merge
+        self.metrics = metrics
+        self.on_loaded = on_loaded
+        self.ready = False
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"forgeml-serve-{model.name}", daemon=True
+        )
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self, timeout_s: float) -> None:
+        """Take no new jobs, run the queued ones, stop the worker (waits up to `timeout_s`)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    # ------------------------------------------------------------------------ event loop side
+
+    async def submit(
+        self, records: list[dict[str, Any]], locate: Locate, timeout_s: float
+    ) -> list[dict[str, Any]]:
+        """Predictions for `records` (as `Predictor.predict` returns them).
+
+        Raises:
+            QueueFull, ShuttingDown: not queued.
+            TimeoutError: no answer within `timeout_s`; the job is dropped if not yet started.
+            RequestError: a bad value found by the run's preprocessing (422).
+        """
+        loop = asyncio.get_running_loop()
+        job = Job(records, locate, loop, loop.create_future())
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull
+            self._queue.append(job)
+            depth = len(self._queue)
+            self._cond.notify()
+        self._report_depth(depth)
+        try:
+            return await asyncio.wait_for(job.future, timeout_s)
+        finally:
+            if not job.future.done() or job.future.cancelled():
+                job.abandoned = True  # timed out or cancelled: the worker skips it
+                self._withdraw(job)
+
+    def _withdraw(self, job: Job) -> None:
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return  # already taken by the worker
+            depth = len(self._queue)
+        self._report_depth(depth)
+
+    def _report_depth(self, depth: int) -> None:
+        if self.metrics is not None:
+            self.metrics.set_queue_depth(self.name, depth)
+
+    # ------------------------------------------------------------------------ worker side
+
+    def _run(self) -> None:
+        try:
+            gate = os.environ.get(LOAD_GATE_ENV)
+            while gate and not os.path.exists(gate) and not self._closing:
+                time.sleep(0.02)
+            self.model.load()
+            self.model.warmup()
+        except BaseException as exc:  # a broken run directory: the server must not serve it
+            with self._cond:
+                self._closing = True
+            if self.on_loaded is not None:
+                self.on_loaded(self, exc)
+            return
+        self.ready = True
+        if self.on_loaded is not None:
+            self.on_loaded(self, None)
+        while (batch := self._next_batch()) is not None:
+            try:
+                self._run_batch(batch)
+            except Exception as exc:  # a bug: fail this batch, keep serving
+                log.exception("model %s: batch failed", self.name)
+                for job in batch:
+                    _settle(job, error=exc)
+
+    def _next_batch(self) -> list[Job] | None:
+        """Wait for a job, then gather more up to the row budget or the delay; None: closed."""
+        with self._cond:
+            while not self._queue and not self._closing:
+                self._cond.wait()
+            if not self._queue:
+                return None  # closing, and every queued job has been run
+            batch = [self._queue.popleft()]
+            rows = batch[0].rows
+            deadline = time.monotonic() + self.max_delay_s
+            while self.merge and rows < self.max_batch_size:
+                if self._queue:
+                    if rows + self._queue[0].rows > self.max_batch_size:
+                        break  # the next job starts the next batch
+                    job = self._queue.popleft()
+                    batch.append(job)
+                    rows += job.rows
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closing:
+                    break
+                self._cond.wait(remaining)
+            depth = len(self._queue)
+        self._report_depth(depth)
+        return batch
+
+    def _run_batch(self, batch: list[Job]) -> None:
+        started = time.perf_counter()
+        encoded: list[tuple[Job, dict[str, torch.Tensor]]] = []
+        for job in batch:
+            if job.abandoned:
+                continue
+            try:
+                encoded.append((job, self.model.encode(job.records, SOURCE)))
+            except ForgeError as exc:  # a bad value in this request only
+                message = " ".join(str(exc).split())
+                _settle(
+                    job, error=RequestError(422, message, data_error_field(message, job.locate))
+                )
+        if not encoded:
+            return
+        inputs = merge_inputs([tensors for _, tensors in encoded])
+        outputs = self.model.forward(inputs)  # (R, out_dim)
+        if self.metrics is not None:
+            rows = sum(job.rows for job, _ in encoded)
+            seconds = time.perf_counter() - started
+            self.metrics.observe_batch(self.name, rows, len(encoded), seconds)
+        start = 0
+        for job, _ in encoded:
+            part = outputs[start : start + job.rows]
+            start += job.rows
+            finite = torch.isfinite(part).all(dim=1)
+            if not bool(finite.all()):
+                row = int((~finite).nonzero()[0])
+                where = job.locate(row, "")
+                _settle(
+                    job,
+                    error=RequestError(
+                        422,
+                        f"{where}: the model's output is not a finite number; an input value is "
+                        "far outside the range the model was trained on",
+                        where,
+                    ),
+                )
+                continue
+            _settle(job, result=self.model.decode(part))
+
+
+def _settle(job: Job, *, result: Any = None, error: BaseException | None = None) -> None:
+    """Resolve a job's future from the worker thread (a no-op once the request gave up)."""
+
+    def apply() -> None:
+        if job.future.done():
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+
+    try:
+        job.loop.call_soon_threadsafe(apply)
+    except RuntimeError:  # the loop has closed: nobody is waiting any more
+        pass

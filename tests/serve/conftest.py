@@ -1,0 +1,99 @@
+"""Real servers for the serve tests: `python -m forgeml.serve.cli` subprocesses on free ports.
+
+Tiny runs are trained once per session. The long-lived servers start together (each import of
+torch takes seconds; in parallel they overlap) and every test waits only for the one it uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from serve_helpers import (
+    API_KEY,
+    Runs,
+    ServerProcess,
+    Servers,
+    broken_run,
+    reviews_csv,
+    stop_all,
+    tags_csv,
+    train,
+)
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    out = tmp_path_factory.mktemp("serve-runs")
+    text = reviews_csv(out / "reviews.csv")
+    return Runs(
+        tabular=train(
+            out,
+            "tabular",
+            {"source": "builtin:tabular?n=300", "target": "label"},
+            {"name": "mlp", "hidden_sizes": [8]},
+            epochs=2,
+        ),
+        digits=train(
+            out,
+            "digits",
+            {"source": "builtin:digits", "target": "label"},
+            {"name": "cnn", "channels": [4], "head_hidden": [8]},
+        ),
+        reviews=train(
+            out,
+            "reviews",
+            {"source": str(text), "target": "sentiment", "columns": {"review": {"type": "text"}}},
+            {"name": "rnn", "cell": "gru", "hidden_size": 8, "embedding_dim": 8},
+        ),
+        regression=train(
+            out,
+            "regression",
+            {"source": "builtin:regression?n=200&features=3", "target": "y"},
+            {"name": "mlp", "hidden_sizes": [8]},
+        ),
+        tags=train(
+            out,
+            "tags",
+            {"source": str(tags_csv(out / "tags.csv")), "target": "tags"},
+            {"name": "mlp", "hidden_sizes": [8]},
+        ),
+        waves=train(
+            out,
+            "waves",
+            {"source": "builtin:waves?n=90&length=16", "target": "label"},
+            {"name": "cnn", "channels": [4], "head_hidden": [8]},
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def servers(runs: Runs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    logs = tmp_path_factory.mktemp("serve-logs")
+    all_runs = [str(path) for path in vars(runs).values()]
+    started = Servers(
+        main=ServerProcess(logs / "main.log", [*all_runs, "--max-body-bytes", "262144"]),
+        slow=ServerProcess(
+            logs / "slow.log",
+            [str(runs.tabular), "--max-delay-ms", "2000", "--max-batch-size", "8"]
+            + ["--timeout-s", "1"],
+            env={"FORGEML_API_KEY": API_KEY},
+        ),
+        limits=ServerProcess(
+            logs / "limits.log", [str(runs.digits), "--max-queue", "2", "--no-batching"]
+        ),
+        gated=ServerProcess(
+            logs / "gated.log",
+            [str(runs.tabular), "--max-delay-ms", "1000", "--max-batch-size", "64"],
+            env={"FORGEML_SERVE_TEST_LOAD_GATE": str(logs / "gate")},
+        ),
+        broken=ServerProcess(logs / "broken.log", [str(broken_run(runs.tabular, logs / "broken"))]),
+        gate=logs / "gate",
+    )
+    yield started
+    stop_all([s for s in vars(started).values() if isinstance(s, ServerProcess)])
+
+
+@pytest.fixture(scope="session")
+def main_url(servers: Servers) -> str:
+    return servers.main.wait_ready()

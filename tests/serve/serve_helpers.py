@@ -1,0 +1,190 @@
+"""Helpers of the serve tests: tiny runs, server subprocesses, inputs (fixtures: conftest.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+import forgeml
+
+START_TIMEOUT_S = 60
+LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class Runs:
+    tabular: Path  # numeric age, income + category color -> yes/no (binary)
+    digits: Path  # 8x8 grayscale images -> 0..9 (multiclass, integer classes)
+    reviews: Path  # text -> pos/neg
+    regression: Path  # numeric x0..x2 -> y
+    tags: Path  # numeric x0, x1 -> any of the labels a, b (multi-label)
+    waves: Path  # a variable-length 1-D signal (a sequence column) -> its shape
+
+
+def tags_csv(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    lines = ["x0,x1,tags"]
+    for x0, x1 in rng.normal(size=(150, 2)):
+        tags = [t for t, on in (("a", x0 > 0), ("b", x1 > 0)) if on]
+        cell = json.dumps(tags).replace('"', '""')  # a JSON array in a CSV cell
+        lines.append(f'{x0:.3f},{x1:.3f},"{cell}"')
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def train(out: Path, name: str, data: dict, model: dict, epochs: int = 1) -> Path:
+    config = {
+        "seed": 0,
+        "data": data,
+        "model": model,
+        "train": {"batch_size": 64, "max_epochs": epochs, "precision": "fp32"},
+        "output": {"dir": str(out), "name": name},
+    }
+    return forgeml.train(config, quiet=True).dir
+
+
+def reviews_csv(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    words = {"pos": ["great", "good", "love", "fine"], "neg": ["bad", "awful", "hate", "poor"]}
+    lines = ["review,sentiment"]
+    for i in range(120):
+        label = "pos" if i % 2 else "neg"
+        vocab = words[label] + ["the", "phone", "is"]
+        lines.append(" ".join(rng.choice(vocab, size=rng.integers(3, 9))) + f",{label}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class ServerProcess:
+    """One `python -m forgeml.serve.cli ... --port 0` subprocess, its log in a file."""
+
+    def __init__(self, log: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.log_path = log
+        self.args = args
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        # The log goes to a file: a pipe nobody reads would block the server once full.
+        with open(log, "wb") as sink:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "forgeml.serve.cli", *args, "--port", "0"],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env={**environment, **(env or {})},
+            )
+        self._url: str | None = None
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    @property
+    def url(self) -> str:
+        """The base URL, once the server listens (waits for it)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self._url is None:
+            found = LISTENING.search(self.log)
+            if found:
+                self._url = f"http://127.0.0.1:{found.group(1)}"
+            elif self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log}")
+            elif time.monotonic() > deadline:
+                raise AssertionError(f"server did not start:\n{self.log}")
+            else:
+                time.sleep(0.05)
+        return self._url
+
+    def wait_ready(self, headers: dict[str, str] | None = None) -> str:
+        url = self.url
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while httpx.get(f"{url}/v2/health/ready", headers=headers).status_code != 200:
+            assert self.proc.poll() is None, self.log
+            assert time.monotonic() < deadline, f"server not ready:\n{self.log}"
+            time.sleep(0.05)
+        return url
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+API_KEY = "test-key-0123456789"
+
+
+@dataclass
+class Servers:
+    main: ServerProcess  # every run, default batching, 256 KB bodies
+    slow: ServerProcess  # tabular; API key; batches wait 2 s for 8 rows; 1 s time limit
+    limits: ServerProcess  # digits; queue of 2, no batching
+    gated: ServerProcess  # tabular; loads once `gate` exists; batches wait 1 s for 64 rows
+    broken: ServerProcess  # a run whose weights do not match their sha256: exits 2
+    gate: Path
+
+
+def stop_all(servers: list[ServerProcess]) -> list[int]:
+    """SIGTERM to every server at once, then their exit codes."""
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGTERM)
+    return [server.stop() for server in servers]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def png_base64(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def digit_images(n: int, seed: int = 0) -> list[np.ndarray]:
+    """n (8, 8) uint8 digit images from the built-in set."""
+    from forgeml.data.builtins import read_builtin
+
+    images = read_builtin("builtin:digits").columns["image"]
+    rng = np.random.default_rng(seed)
+    return [images[i] for i in rng.choice(len(images), size=n, replace=False)]
+
+
+TABULAR_ROWS = [
+    {"age": 30.0, "income": 40000.0, "color": "red"},
+    {"age": 71.0, "income": 12000.0, "color": "blue"},
+    {"age": 45.0, "income": 95000.0, "color": "green"},
+    {"age": 18.0, "income": 31000.0, "color": "purple"},  # an unknown category is fine
+]
+REVIEWS = ["great phone, love it", "awful and broken", "the phone is fine", "zzz unseen words"]
+
+
+def broken_run(run: Path, copy: Path) -> Path:
+    """A copy of `run` with one bit of its weights flipped (the sha256 check must catch it)."""
+    shutil.copytree(run, copy)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    return copy
