@@ -82,6 +82,42 @@ def versions() -> dict[str, str]:
     }
 
 
+def drop_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` without the later names of tensors that share memory with an earlier one.
+
+    Tied weights (a GPT's lm_head and token embedding) are one Parameter under two names;
+    safetensors refuses to write such aliases, and one copy is all a load needs (see
+    `load_state`)."""
+    seen: set[tuple] = set()
+    kept = {}
+    for name, tensor in state.items():
+        key = _alias_key(tensor)
+        if key not in seen:
+            seen.add(key)
+            kept[name] = tensor
+    return kept
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """`model.load_state_dict(state, strict=False)`; returns (missing, unexpected) names, where
+    a tied alias of a loaded tensor does not count as missing."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    names = dict(model.state_dict(keep_vars=True))
+    loaded = {_alias_key(names[k]) for k in state if k in names}
+    missing = [k for k in missing if _alias_key(names[k]) not in loaded]
+    return missing, list(unexpected)
+
+
+def _alias_key(tensor: torch.Tensor) -> tuple:
+    return (
+        tensor.device,
+        tensor.untyped_storage().data_ptr(),
+        tensor.storage_offset(),
+        tuple(tensor.shape),
+        tuple(tensor.stride()),
+    )
+
+
 class RunDir:
     """Writes one run directory. `prepare()` first, `finish()` last."""
 
@@ -125,7 +161,7 @@ class RunDir:
 
     def save_weights(self, weights: dict[str, torch.Tensor]) -> str:
         """Save a (full, unwrapped) state_dict as safetensors; returns its sha256."""
-        state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in drop_aliases(weights).items()}
         target = self.path / WEIGHTS
         tmp = target.with_name(f".{WEIGHTS}.tmp")
         safetensors.torch.save_file(state, str(tmp))
@@ -192,7 +228,7 @@ def load_weights(run_dir: str | Path, manifest: dict[str, Any], model: nn.Module
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ForgeError(f"{path}: weight '{name}' holds NaN or infinite values; train again")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = load_state(model, state)
     if missing or unexpected:
         raise ForgeError(
             f"{path} does not fit the model built from config.yaml (missing: {missing[:5]}, "

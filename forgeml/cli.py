@@ -16,6 +16,7 @@ from typing import Any
 
 from forgeml.errors import ForgeError
 from forgeml.export_cli import add_export_parser, cmd_export
+from forgeml.lm.cli import add_generate_parser, cmd_generate
 from forgeml.serve.cli import add_serve_parser, cmd_serve
 
 USAGE_EXAMPLES = """examples:
@@ -23,6 +24,7 @@ USAGE_EXAMPLES = """examples:
   forgeml validate configs/digits-cnn.yaml
   forgeml evaluate runs/digits-cnn --data new_labelled.csv
   forgeml predict runs/digits-cnn images/ --output predictions.csv
+  forgeml train configs/gpt-char.yaml && forgeml generate runs/gpt-char --prompt "ROMEO:"
   forgeml serve runs/digits-cnn --port 8000
   forgeml export runs/digits-cnn --format onnx
 """
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnx: run the model `forgeml export` wrote with onnxruntime (default: torch)",
     )
 
+    add_generate_parser(sub)
     add_serve_parser(sub)
     add_export_parser(sub)
     return parser
@@ -147,6 +150,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     console = Console()
     cfg = load_config(args.config, args.overrides)
+    if cfg.data.corpus is not None:  # a language model
+        from forgeml.lm.train import validate_lm
+
+        summary = validate_lm(cfg, log=lambda msg: console.print(msg, highlight=False))
+        console.print(f"ok: {args.config} is valid; {summary}", highlight=False)
+        return 0
     prepared = prepare(cfg, log=lambda msg: console.print(msg, highlight=False))
     model = build_model(cfg.model, prepared.preprocessor.spec)
     sizes = ", ".join(f"{split} {len(data):,}" for split, data in prepared.data.items())
@@ -226,10 +235,15 @@ def _to_jsonl(rows: list[dict]) -> str:
 
 
 def _to_csv(rows: list[dict]) -> str:
-    """Flatten probabilities into probability_<class> columns."""
+    """Flatten probabilities into probability_<class> columns. A list (multi-label
+    prediction) is written as a JSON array, the form a multi-label target has in a CSV file."""
     flat = []
     for row in rows:
-        item = {k: v for k, v in row.items() if k != "probabilities"}
+        item = {
+            k: json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v
+            for k, v in row.items()
+            if k != "probabilities"
+        }
         for cls, p in row.get("probabilities", {}).items():
             item[f"probability_{cls}"] = f"{p:.6f}"
         flat.append(item)
@@ -245,6 +259,7 @@ COMMANDS = {
     "validate": cmd_validate,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "generate": cmd_generate,
     "serve": cmd_serve,
     "export": cmd_export,
 }

@@ -80,6 +80,30 @@ class ImageConfig(Strict):
     flip: bool = False  # augmentation: random horizontal flip
 
 
+class CorpusConfig(Strict):
+    """`data.corpus`: the data is a text corpus and the task is language modelling.
+
+    `data.source` (and `data.val_source`) then name text files: a file, a folder (its files,
+    recursively), a glob, a JSONL file (one document per line in `field`), or
+    `builtin:pystdlib` (the Python standard library's own source files). See forgeml/lm/.
+    """
+
+    # char: one token per character seen; bpe: byte-level BPE trained on the train split;
+    # pretrained: the tokenizer.json of model.path (or of `tokenizer_path`).
+    tokenizer: Literal["char", "bpe", "pretrained"] = "char"
+    tokenizer_path: str | None = None  # a tokenizer.json or a folder holding one
+    vocab_size: int = Field(8192, ge=64, le=2**32 - 1)  # bpe: the trained vocabulary's size
+    field: str = "text"  # JSONL sources: the document's key
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # the tail of the token stream, no val_source
+    block_size: int | None = Field(None, ge=1)  # tokens per training row; None: the model's
+    eval_blocks: int = Field(240, ge=1)  # validation blocks per evaluation (fixed, spread out)
+    sample_tokens: int = Field(200, ge=0)  # a text sample at each evaluation; 0: none
+    sample_prompt: str = "\n"
+    # Where token caches live (memory-mapped, reused by later runs of the same corpus and
+    # tokenizer); None: OUTPUT_DIR/.cache.
+    cache_dir: str | None = None
+
+
 class DataConfig(Strict):
     source: str  # file, folder of images, or builtin:NAME[?k=v&...]
     val_source: str | None = None  # given: the split ratios no longer apply to validation
@@ -97,6 +121,7 @@ class DataConfig(Strict):
     # file/line/column, or skip and count them, failing once more than max_bad_fraction are bad.
     on_bad_rows: Literal["error", "skip"] = "error"
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    corpus: CorpusConfig | None = None  # set: a language model on a text corpus (see above)
 
 
 class OptimizerConfig(Strict):
@@ -160,6 +185,10 @@ class TrainConfig(Strict):
     early_stopping: EarlyStoppingConfig | None = None
     stop_at_loss: float | None = None  # stop once the epoch's mean train loss is <= this
     log_every_steps: int = Field(50, ge=1)
+    # Evaluate on the validation split every N optimizer steps as well as at each epoch end
+    # (language models: one epoch is a pass over every block of the corpus). Early stopping
+    # looks at epoch-end evaluations only.
+    eval_every_steps: int | None = Field(None, ge=1)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     # A non-finite loss or gradient: stop (naming the step and the last good checkpoint) or
     # skip the batch, failing once more than max_skipped_fraction of the steps were skipped;
@@ -183,6 +212,21 @@ class Config(Strict):
     model: ModelConfig = Field(discriminator="name")
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _language_model_needs_a_corpus(self) -> Config:
+        generative = self.model.name == "gpt" or getattr(self.model, "head", None) == "causal_lm"
+        if generative and self.data.corpus is None:
+            raise ValueError(
+                f"model.name={self.model.name} is a language model, which trains on a text "
+                "corpus: add a data.corpus section (e.g. data.corpus.tokenizer=char)"
+            )
+        if self.data.corpus is not None and not generative:
+            raise ValueError(
+                "data.corpus trains a language model; use model.name=gpt (or a pretrained "
+                f"model with head: causal_lm), not {self.model.name}"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -11,13 +12,16 @@ from torch import Tensor, nn
 from forgeml.data.schema import InputSpec
 from forgeml.errors import ConfigError, ForgeError
 from forgeml.models.cnn import CNNConfig, build_cnn
+from forgeml.models.gpt import GPTConfig
 from forgeml.models.mlp import MLPConfig, build_mlp
+from forgeml.models.pretrained import PretrainedConfig, build_pretrained, rebuild_pretrained
 from forgeml.models.rnn import RNNConfig, build_rnn
 from forgeml.models.transformer import TransformerConfig, build_transformer
 
 # The `model:` section of a config; its `name` picks the family.
 ModelConfig = Annotated[
-    MLPConfig | CNNConfig | RNNConfig | TransformerConfig, Field(discriminator="name")
+    MLPConfig | CNNConfig | RNNConfig | TransformerConfig | GPTConfig | PretrainedConfig,
+    Field(discriminator="name"),
 ]
 
 MODELS: dict[str, Callable[[Any, InputSpec], nn.Module]] = {
@@ -25,15 +29,29 @@ MODELS: dict[str, Callable[[Any, InputSpec], nn.Module]] = {
     "cnn": build_cnn,
     "rnn": build_rnn,
     "transformer": build_transformer,
+    "pretrained": build_pretrained,
+}
+
+# Models whose run directory keeps files of their own (a pretrained checkpoint's config.json and
+# tokenizer in RUN/pretrained/): rebuilt from those, never from the paths in config.yaml.
+REBUILDERS: dict[str, Callable[[Any, InputSpec | None, Path], nn.Module]] = {
+    "pretrained": rebuild_pretrained,
 }
 
 
-def build_model(cfg: Any, spec: InputSpec) -> nn.Module:
+def build_model(
+    cfg: Any, spec: InputSpec | None, *, run_dir: str | Path | None = None
+) -> nn.Module:
     """Build the model named by `cfg.name` for the inputs and output width in `spec`.
+
+    `run_dir`: rebuilding the model of this finished run (before loading its weights); models
+    in REBUILDERS then read the files the run keeps instead of their source.
 
     Raises:
         ConfigError: unknown model name, or a model that does not fit the data.
     """
+    if run_dir is not None and cfg.name in REBUILDERS:
+        return REBUILDERS[cfg.name](cfg, spec, Path(run_dir))
     builder = MODELS.get(cfg.name)
     if builder is None:
         raise ConfigError(

@@ -33,7 +33,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from forgeml.artifact import sha256_file
+from forgeml.artifact import drop_aliases, sha256_file
 from forgeml.errors import ForgeError
 from forgeml.training.distributed import barrier
 from forgeml.training.strategy import is_sharded, save_sharded
@@ -265,4 +265,4 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    return {k: v.detach().contiguous().cpu() for k, v in drop_aliases(state).items()}

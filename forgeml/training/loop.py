@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 from torch import Tensor, nn
 
+from forgeml.artifact import load_state
 from forgeml.config import TrainConfig
 from forgeml.data.loader import TensorData
 from forgeml.errors import ConfigError, ForgeError
@@ -95,6 +96,7 @@ def fit(
     target_scale: tuple[float, float] | None = None,
     checkpointer: Checkpointer | None = None,
     resume: dict[str, Any] | None = None,
+    log_extras: Callable[[float], str] | None = None,
 ) -> FitResult:
     """Train `model` in place until a convergence rule fires; returns what happened.
 
@@ -103,6 +105,10 @@ def fit(
     `target_scale` is a regression target's (mean, std): see `evaluate`. With a `checkpointer`
     the loop writes checkpoints per `cfg.checkpoint`; `resume` (a loaded checkpoint) continues
     exactly where it was written: same batches, same RNG draws, same weights.
+    `log_extras(samples_per_s)` returns text for the periodic log line (tokens/s, MFU).
+
+    `train` and `val` are `TensorData` or anything with its `__len__`, `batch(index)` and
+    `to(device)` (language models: `forgeml.lm.corpus.TokenBlocks`, one row per block).
     """
     console = console or Console()
     device = next(model.parameters()).device
@@ -126,7 +132,7 @@ def fit(
         total_steps = min(total_steps, cfg.max_steps)
 
     if resume is not None and resume["model"] is not None:
-        model.load_state_dict(resume["model"])  # DDP then starts every rank from these weights
+        _load_strict(model, resume["model"])  # DDP then starts every rank from these weights
     # DDP wraps `model`; FSDP shards it in place, so the optimizer is built after this.
     net = wrap(model, cfg.strategy)
     optimizer = build_optimizer(cfg.optimizer, model)
@@ -205,8 +211,26 @@ def fit(
         )
 
     progress = TrainingProgress(
-        console, max_epochs=cfg.max_epochs, batches_per_epoch=batches_per_epoch, quiet=quiet
+        console,
+        max_epochs=cfg.max_epochs,
+        batches_per_epoch=batches_per_epoch,
+        quiet=quiet,
+        total=min(cfg.max_epochs * batches_per_epoch, total_steps * accum),
     )
+    eval_batch_size = cfg.eval_batch_size or 4 * batch_size
+
+    def evaluate_val() -> dict[str, Any]:
+        return evaluate(
+            model,
+            val,
+            task=task,
+            loss_fn=loss_fn,
+            class_names=class_names,
+            batch_size=eval_batch_size,
+            precision=precision,
+            target_scale=target_scale,
+        )
+
     every_steps = cfg.checkpoint.every_steps if checkpointer else None
     every_epochs = cfg.checkpoint.every_epochs if checkpointer else None
     signals = _SignalFlag()
@@ -221,6 +245,7 @@ def fit(
             permutation = torch.randperm(num_rows, generator=order).to(device)
             group_loss = torch.zeros((), device=device)  # this optimizer step's summed loss
             group_rows = 0
+            window_rows, window_start = 0, started  # for the speed in the periodic log line
             for batch in range(state.batch, batches_per_epoch):
                 if state.step >= total_steps:
                     break
@@ -283,14 +308,43 @@ def fit(
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 group_loss.zero_()
+                window_rows += group_rows * world
                 group_rows = 0
                 state.step += 1
                 state.batch = batch + 1
                 if state.step % cfg.log_every_steps == 0:
-                    rate = state.seen * world / max(time.perf_counter() - started, 1e-9)
+                    now = time.perf_counter()
+                    rate = window_rows / max(now - window_start, 1e-9)  # since the last log line
+                    window_rows, window_start = 0, now
                     progress.log_step(
-                        epoch=state.epoch, batch=batch + 1, loss=loss.item(), samples_per_s=rate
+                        epoch=state.epoch,
+                        batch=batch + 1,
+                        loss=loss.item(),
+                        samples_per_s=rate,
+                        extra=log_extras(rate) if log_extras is not None else "",
                     )
+                if (
+                    cfg.eval_every_steps
+                    and val is not None
+                    and state.step % cfg.eval_every_steps == 0
+                    and batch + 1 < batches_per_epoch  # the epoch end evaluates anyway
+                    and state.step < total_steps
+                ):
+                    # Mid-epoch evaluation: recorded and reported, not used for early stopping.
+                    lr = optimizer.param_groups[0]["lr"]
+                    so_far = {"loss": _global_mean(loss_sum, state.seen)}
+                    rows = [
+                        _row(state.step, state.epoch, "train", so_far, lr, None),
+                        _row(
+                            state.step, state.epoch, "val", scalar_metrics(evaluate_val()), lr, None
+                        ),
+                    ]
+                    state.history.extend(rows)
+                    progress.log_eval(state.step, rows)
+                    for row in rows:
+                        _emit(callbacks, "on_eval_end", row)
+                    model.train()  # evaluate (and a sample callback) left it in eval mode
+                    window_rows, window_start = 0, time.perf_counter()
                 if every_steps and state.step % every_steps == 0:
                     save_checkpoint()
                 if caught := signals.agreed():
@@ -304,16 +358,7 @@ def fit(
             rate = state.seen * world / elapsed  # rows/s over all ranks (shards are equal)
             rows = [_row(state.step, epoch, "train", {"loss": train_loss}, lr, rate)]
             if val is not None:
-                val_metrics = evaluate(
-                    model,
-                    val,
-                    task=task,
-                    loss_fn=loss_fn,
-                    class_names=class_names,
-                    batch_size=cfg.eval_batch_size or 4 * batch_size,
-                    precision=precision,
-                    target_scale=target_scale,
-                )
+                val_metrics = evaluate_val()
                 rows.append(_row(state.step, epoch, "val", scalar_metrics(val_metrics), lr, None))
             state.history.extend(rows)
             shown = {f"{r['split']}_{k}": v for r in rows for k, v in r["metrics"].items()}
@@ -362,7 +407,7 @@ def fit(
     if monitor is not None and state.best_value is not None:
         best = {"monitor": monitor, "value": state.best_value, "epoch": state.best_epoch}
         if best_state is not None and state.best_epoch != epochs:
-            model.load_state_dict(best_state)  # restore the best weights, as Keras does
+            _load_strict(model, best_state)  # restore the best weights, as Keras does
             best["restored"] = True
     result = FitResult(
         state.history,
@@ -412,6 +457,8 @@ def evaluate(
     everything = data
     if world_size() > 1:  # each rank scores its slice; the metric states are reduced below
         data = TensorData(*data.batch(slice(dist_rank(), None, world_size())))
+    if task == "language_modeling":
+        return _evaluate_lm(model, data, loss_fn, batch_size=batch_size, precision=precision)
     if is_sharded(model):
         # An FSDP forward is a collective: every rank must run as many batches as the others.
         batches = math.ceil(len(data) / batch_size)
@@ -428,6 +475,19 @@ def evaluate(
             outputs, target = outputs.to(wide) * std + mean, target.to(wide) * std + mean
         metrics.update(outputs, target)
     return {"loss": _global_mean(loss_sum, count), **metrics.compute()}
+
+
+def _evaluate_lm(
+    model: nn.Module, data: Any, loss_fn: LossFn, *, batch_size: int, precision: str
+) -> dict[str, Any]:
+    """Mean next-token loss over every token of `data`'s blocks, and its perplexity."""
+    device = next(model.parameters()).device
+    loss_sum, count = torch.zeros((), device=device, dtype=torch.float64), 0
+    for outputs, target in forward_batches(model, data, batch_size=batch_size, precision=precision):
+        loss_sum += loss_fn(outputs, target).double() * target.numel()  # (B, T) tokens
+        count += target.numel()
+    loss = _global_mean(loss_sum, count)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -529,7 +589,7 @@ def _monitor(early: Any, *, has_val: bool) -> tuple[str | None, str]:
     return monitor, mode
 
 
-HEADLINE = ("loss", "accuracy", "f1_macro", "roc_auc", "f1_micro", "rmse", "r2")
+HEADLINE = ("loss", "perplexity", "accuracy", "f1_macro", "roc_auc", "f1_micro", "rmse", "r2")
 
 
 def _own_part(
@@ -550,6 +610,16 @@ def _own_part(
         total = tensors["rank_loss_sum"].sum().to(loss_sum)
         return total, int(tensors["rank_seen"].sum()), torch_rng
     return torch.zeros_like(loss_sum), 0, torch_rng
+
+
+def _load_strict(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """load_state_dict, strict except for tied aliases a checkpoint stores once."""
+    missing, unexpected = load_state(model, state)
+    if missing or unexpected:
+        raise ForgeError(
+            f"the checkpoint does not fit the model (missing: {missing[:5]}, unexpected: "
+            f"{unexpected[:5]}); the model config or code changed since it was written"
+        )
 
 
 def _global_mean(total: Tensor, count: int) -> float:

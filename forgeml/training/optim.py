@@ -13,7 +13,18 @@ from forgeml.config import LossConfig, OptimizerConfig, SchedulerConfig
 
 
 def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """The optimizer of `cfg` over the trainable parameters of `model`.
+
+    With weight decay, only matrices and higher (Linear/conv weights, embeddings) are decayed;
+    biases and normalisation gains (1-D) form a second group without decay, as in GPT-2,
+    nanoGPT and the Hugging Face Trainer: decaying a LayerNorm gain towards 0 only hurts.
+    """
+    params: list = [p for p in model.parameters() if p.requires_grad]
+    if cfg.weight_decay > 0:
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        if decay and no_decay:
+            params = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.name == "sgd":
         return torch.optim.SGD(
             params,

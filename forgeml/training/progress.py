@@ -26,11 +26,20 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
 
 
+HEADLINE_EVAL = ("loss", "perplexity", "accuracy", "f1_macro", "rmse")
+
+
 class TrainingProgress:
     """Live progress for one fit: epochs x steps, loss, samples/s and ETA."""
 
     def __init__(
-        self, console: Console, *, max_epochs: int, batches_per_epoch: int, quiet: bool = False
+        self,
+        console: Console,
+        *,
+        max_epochs: int,
+        batches_per_epoch: int,
+        quiet: bool = False,
+        total: int | None = None,
     ) -> None:
         self.console = console
         self.max_epochs = max_epochs
@@ -47,7 +56,7 @@ class TrainingProgress:
                 MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]}"),
                 TextColumn("{task.fields[metric]}"),
-                TextColumn("{task.fields[speed]} samples/s"),
+                TextColumn("{task.fields[speed]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
@@ -57,7 +66,7 @@ class TrainingProgress:
             self._bar.start()
             self._task = self._bar.add_task(
                 "train",
-                total=max_epochs * batches_per_epoch,
+                total=total or max_epochs * batches_per_epoch,
                 epoch=1,
                 max_epochs=max_epochs,
                 loss="-",
@@ -69,16 +78,19 @@ class TrainingProgress:
         if self._bar is not None:
             self._bar.advance(self._task, batches)
 
-    def log_step(self, *, epoch: int, batch: int, loss: float, samples_per_s: float) -> None:
-        """Called every `log_every_steps` optimizer steps with already-synced floats."""
+    def log_step(
+        self, *, epoch: int, batch: int, loss: float, samples_per_s: float, extra: str = ""
+    ) -> None:
+        """Called every `log_every_steps` optimizer steps with already-synced floats; `extra`
+        is appended to the plain line (language models: tokens/s and MFU)."""
         if self._bar is not None:
-            self._bar.update(
-                self._task, epoch=epoch, loss=_fmt(loss), speed=f"{samples_per_s:,.0f}"
-            )
+            speed = f"{samples_per_s:,.0f} samples/s" + (f" {extra}" if extra else "")
+            self._bar.update(self._task, epoch=epoch, loss=_fmt(loss), speed=speed)
         elif not self.quiet:
             self.console.print(
                 f"epoch {epoch}/{self.max_epochs} batch {batch}/{self.batches_per_epoch} "
-                f"loss {_fmt(loss)} {samples_per_s:,.0f} samples/s",
+                f"loss {_fmt(loss)} {samples_per_s:,.0f} samples/s"
+                + (f" {extra}" if extra else ""),
                 highlight=False,
             )
 
@@ -92,7 +104,7 @@ class TrainingProgress:
                 epoch=min(epoch + 1, self.max_epochs),
                 loss=_fmt(metrics.get("train_loss")),
                 metric=shown,
-                speed=f"{samples_per_s:,.0f}",
+                speed=f"{samples_per_s:,.0f} samples/s",
             )
         if not self.quiet:
             elapsed = time.perf_counter() - self._started
@@ -102,6 +114,19 @@ class TrainingProgress:
             else:
                 self.console.print(line, highlight=False)
 
+    def log_eval(self, step: int, rows: list[dict]) -> None:
+        """A mid-epoch evaluation (`train.eval_every_steps`): one line."""
+        if self.quiet:
+            return
+        shown = "  ".join(
+            f"{r['split']}_{k} {_fmt(v)}"
+            for r in rows
+            for k, v in r["metrics"].items()
+            if k in HEADLINE_EVAL
+        )
+        line = f"step {step}  {shown}"
+        (self._bar.console if self._bar is not None else self.console).print(line, highlight=False)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
@@ -110,6 +135,7 @@ class TrainingProgress:
 
 SUMMARY = (
     "loss",
+    "perplexity",  # language models
     "accuracy",
     "precision_macro",
     "recall_macro",

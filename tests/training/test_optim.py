@@ -68,6 +68,18 @@ def test_adam_family_gets_the_config_hyper_parameters(name: str, cls: type) -> N
     assert group["weight_decay"] == 0.05
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_weight_decay_skips_biases_and_norm_gains(name: str) -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    optimizer = build_optimizer(OptimizerConfig(name=name, weight_decay=0.1), model)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert len(plain["params"]) == 4  # two biases, the LayerNorm weight and bias
+    without = build_optimizer(OptimizerConfig(name=name, weight_decay=0.0), model)
+    assert len(without.param_groups) == 1
+
+
 def test_frozen_parameters_are_not_optimized() -> None:
     model = tiny_model()
     model[0].requires_grad_(False)
