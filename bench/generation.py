@@ -107,7 +107,9 @@ def main() -> None:
     same = outputs["forgeml fp32, KV cache"] == outputs["transformers generate fp32"]
     med = {name: statistics.median(values) for name, values in rates.items()}
     base = med["transformers generate fp32"]
-    print(f"torch {torch.__version__}, {THREADS} threads, load average {load[0]:.1f} -> {load[1]:.1f}")
+    print(
+        f"torch {torch.__version__}, {THREADS} threads, load average {load[0]:.1f} -> {load[1]:.1f}"
+    )
     print(f"{args.new} new tokens after a 16-token prompt, greedy, batch 1; {args.repeats} repeats")
     print(f"greedy tokens equal (forgeml fp32 vs transformers fp32): {same}\n")
     print("| case | new tokens | tokens/s (median) | range | vs transformers fp32 |")

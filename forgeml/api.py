@@ -25,7 +25,7 @@ from forgeml.data.preprocess import Preprocessor
 from forgeml.data.sources import read_table
 from forgeml.data.split import infer_target_kind, split_table
 from forgeml.data.table import Table
-from forgeml.errors import DataError
+from forgeml.errors import ConfigError, DataError
 from forgeml.evaluate.report import plot_confusion, plot_history, write_card
 from forgeml.models.registry import build_model, count_parameters
 from forgeml.training.checkpoint import Checkpointer
@@ -63,10 +63,11 @@ class Run:
     history: list[dict[str, Any]]
 
     def load(self):
-        """The `Predictor` for this run (same as `forgeml.load(run.dir)`)."""
-        from forgeml.predict import Predictor
+        """The `Predictor` for this run (same as `forgeml.load(run.dir)`; a language model's
+        run gives its `LanguageModel`)."""
+        from forgeml.predict import load
 
-        return Predictor(self.dir)
+        return load(self.dir)
 
 
 def load_splits(
@@ -133,6 +134,13 @@ def prepare(config: Config, *, log: Callable[[str], None] = print) -> Prepared:
     cfg = config.data
     bad: dict[str, BadRows] = {}  # skip mode: one collector per split
     tables = load_splits(cfg, config.seed, bad_rows=bad)
+    if config.model.name == "pretrained":
+        # A pretrained text classifier reads its text column with the checkpoint's own
+        # tokenizer.json unless the column names one (models/pretrained.py).
+        from forgeml.models.pretrained import use_checkpoint_tokenizer
+
+        config = use_checkpoint_tokenizer(config, tables["train"])
+        cfg = config.data
     rows = {split: tables[split].num_rows + found.count for split, found in bad.items()}
     sources = {split: table.source for split, table in tables.items()}
 
@@ -201,6 +209,17 @@ def train(
     console = console or Console()
     log = (lambda _msg: None) if quiet else (lambda msg: console.print(msg, highlight=False))
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)
+    if cfg.data.corpus is not None:  # a language model on a text corpus: forgeml/lm/
+        from forgeml.lm.train import train_lm
+
+        if module is not None:
+            raise ConfigError(
+                "module= is for tabular/text/image models; a data.corpus config "
+                "trains model.name=gpt or a pretrained causal LM"
+            )
+        return train_lm(
+            cfg, console=console, log=log, quiet=quiet, callbacks=callbacks, resume=resume
+        )
     prepared = prepare(cfg, log=log)
     model = build_or_wrap(cfg, prepared.preprocessor, module)
     return fit_and_save(
@@ -293,9 +312,8 @@ def fit_prepared(
     """The loss from the task and config, then the one training loop."""
     cfg, pre = prepared.config, prepared.preprocessor
     task, train_data = pre.target.task, prepared.data["train"]
-    weights = None
-    if cfg.train.loss.class_weights is not None and task != "regression":
-        weights = _class_weights(cfg.train.loss.class_weights, pre, train_data.target)
+    weights = class_weights(prepared)
+    if weights is not None:
         weights = weights.to(next(model.parameters()).device)
     loss_fn = build_loss(cfg.train.loss, task, weights)
     result = fit(
@@ -374,7 +392,12 @@ def save_run(
             **({"truncated": prepared.truncated} if prepared.truncated else {}),
         },
     )
-    sha = run_dir.save_weights(weights if weights is not None else model.state_dict())
+    weights = weights if weights is not None else model.state_dict()
+    if hasattr(model, "save_to_run"):
+        # A pretrained checkpoint keeps its config.json and tokenizer in the run, and a LoRA
+        # model set to merge gives merged weights (models/pretrained.py).
+        weights = model.save_to_run(run_dir.path, weights)
+    sha = run_dir.save_weights(weights)
     plot_history(result.history, run_dir.path / "training_curves.png")
     report_split = "test" if "test" in metrics else ("val" if "val" in metrics else "train")
     if task in ("binary", "multiclass"):  # multilabel: per-label table in card.md instead
@@ -396,6 +419,8 @@ def save_run(
         "stop_reason": result.stop_reason,
         "precision": result.precision,
         "data_summary": {s: len(d) for s, d in prepared.data.items()},
+        # The loss's weights as trained, so `Predictor.evaluate` reproduces the loss.
+        "class_weights": _weights_by_class(pre, class_weights(prepared)),
     }
     write_card(
         run_dir.path / "card.md",
@@ -435,6 +460,22 @@ def target_scale(pre: Preprocessor) -> tuple[float, float] | None:
 def _class_names(pre: Preprocessor) -> list[str] | None:
     classes = pre.target.classes
     return [str(c) for c in classes] if classes is not None else None
+
+
+def class_weights(prepared: Prepared) -> torch.Tensor | None:
+    """The loss's (C,) class weights, or (K,) per-label positive weights for multi-label, that
+    `train.loss.class_weights` resolves to on the train split; None: an unweighted loss."""
+    spec, pre = prepared.config.train.loss.class_weights, prepared.preprocessor
+    if spec is None or pre.target.task == "regression":
+        return None
+    return _class_weights(spec, pre, prepared.data["train"].target)
+
+
+def _weights_by_class(pre: Preprocessor, weights: torch.Tensor | None) -> dict | None:
+    """{class name: weight} for forgeml.json (`Predictor.evaluate` reads it back)."""
+    if weights is None:
+        return None
+    return dict(zip(_class_names(pre) or [], weights.tolist(), strict=True))
 
 
 def _class_weights(spec: Any, pre: Preprocessor, target: torch.Tensor) -> torch.Tensor:

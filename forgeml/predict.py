@@ -72,7 +72,7 @@ class Predictor:
                 )
             model = module if isinstance(module, UserModule) else UserModule(module)
         else:
-            model = build_model(self.config.model, self.preprocessor.spec)
+            model = build_model(self.config.model, self.preprocessor.spec, run_dir=self.run_dir)
         load_weights(self.run_dir, self.manifest, model)
         self.device = pick_device()
         self.model = model.to(self.device).eval()
@@ -138,8 +138,8 @@ class Predictor:
         features, labels, _ = self.preprocessor.transform_rows(table, bad_rows=bad)
         if bad is not None:
             bad.check(total, 1.0, table.source)
-        loss_fn = build_loss(self.config.train.loss, self.task)
         classes = [str(c) for c in self.classes] if self.classes is not None else None
+        loss_fn = build_loss(self.config.train.loss, self.task, self._class_weights(classes))
         t = self.preprocessor.target
         metrics = evaluate(
             self.model,
@@ -154,6 +154,13 @@ class Predictor:
         if bad is not None:
             metrics["bad_rows"] = bad.summary(table.source, total)
         return metrics
+
+    def _class_weights(self, classes: list[str] | None) -> torch.Tensor | None:
+        """The (C,) or (K,) loss weights the run trained with (forgeml.json), in class order."""
+        by_class = self.manifest.get("class_weights")
+        if not by_class or classes is None:
+            return None
+        return torch.tensor([by_class[c] for c in classes], dtype=torch.float32, device=self.device)
 
     def to_table(
         self,
@@ -226,6 +233,11 @@ def load(
 ) -> Predictor:
     """Load a run directory for prediction: `forgeml.load("runs/NAME").predict(records)`.
 
-    `backend="onnx"` runs the run's `forgeml export` with onnxruntime instead of torch.
+    `backend="onnx"` runs the run's `forgeml export` with onnxruntime instead of torch. A
+    language-model run gives a `forgeml.lm.LanguageModel` (`.generate(prompt)`, `.stream`).
     """
+    if backend == "torch" and read_manifest(run_dir).get("task") == "language_modeling":
+        from forgeml.lm.model import LanguageModel
+
+        return LanguageModel.load(run_dir)
     return Predictor(run_dir, module=module, backend=backend)

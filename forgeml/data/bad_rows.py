@@ -3,7 +3,9 @@
 A bad row is a CSV/TSV record with the wrong number of fields, a JSONL line that is not a JSON
 object, a line that is not valid UTF-8, a value that is not a number in a numeric column (the
 target of a regression included), a missing value in a column without a fill rule, a missing
-target, an image that cannot be read, or a class the model does not know (val/test data).
+target, a multi-label target that is no flat list of labels, an image that cannot be read, a
+text or sequence the preprocessor cannot use, or a class or label the model does not know
+(val/test data).
 Unknown category values in features are not bad: they go to the unknown bucket.
 
 By default (`on_bad_rows: error`) the first one raises a one-line `DataError` naming the file,
@@ -38,6 +40,7 @@ MISSING_VALUE = "missing value"
 MISSING_TARGET = "missing target"
 UNREADABLE_IMAGE = "unreadable image"
 UNKNOWN_CLASS = "unknown class"
+BAD_LABELS = "bad label list"
 
 MAX_EXAMPLES = 5
 

@@ -14,11 +14,15 @@ from forgeml.config import DataConfig
 from forgeml.data.schema import FeatureSpec, TargetSpec
 from forgeml.data.split import is_numeric_column, parse_floats
 from forgeml.data.table import Table
+from forgeml.data.text import count_words
 from forgeml.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_CATEGORY_FILL = "<missing>"
 TEXT_MIN_WORDS = 3  # a string column averaging this many words is text, not a category
+# A column with at least this share of arrays (or JSON-array strings) is a sequence column; the
+# other values are bad values there (an error naming the row, or skipped bad rows).
+SEQUENCE_MIN_SHARE = 0.9
 
 
 def value_key(v: object) -> str | None:
@@ -132,8 +136,9 @@ def infer_column_type(
     values: np.ndarray, max_bad_fraction: float = 0.0
 ) -> Literal["numeric", "category", "image", "text", "sequence"]:
     """image (2-D+ arrays or .png/.jpg/.jpeg paths), sequence (1-D arrays, lists or JSON arrays
-    of numbers), numeric (numbers or numeric strings), text (strings of TEXT_MIN_WORDS words or
-    more on average), else category.
+    of numbers: SEQUENCE_MIN_SHARE of the values or more), numeric (numbers or numeric strings),
+    text (strings of TEXT_MIN_WORDS words or more on average, counted as the word tokenizer
+    splits them, so each CJK character is a word), else category.
 
     `max_bad_fraction`: skip mode tolerates that share of values that are not numbers in a
     numeric column (see `is_numeric_column`); they are bad rows then.
@@ -148,20 +153,27 @@ def infer_column_type(
     present = [v for v in values if isinstance(v, np.ndarray) or value_key(v) is not None]
     if present and all(isinstance(v, np.ndarray) for v in present):
         return "sequence" if all(v.ndim == 1 for v in present) else "image"
-    if present and all(isinstance(v, list | tuple) for v in present):
-        return "sequence"
     strings = [v for v in present if isinstance(v, str)]
     if present and len(strings) == len(present):
         if all(v.lower().endswith(IMAGE_SUFFIXES) for v in strings):
             return "image"
-        if all(v.lstrip().startswith("[") and v.rstrip().endswith("]") for v in strings):
-            return "sequence"
+    if present and sum(map(_is_array, present)) >= SEQUENCE_MIN_SHARE * len(present):
+        return "sequence"
     if is_numeric_column(values, max_bad_fraction):
         return "numeric"
     sample = strings[:2000]
-    if sample and sum(len(v.split()) for v in sample) / len(sample) >= TEXT_MIN_WORDS:
+    if sample and sum(map(count_words, sample)) / len(sample) >= TEXT_MIN_WORDS:
         return "text"
     return "category"
+
+
+def _is_array(v: object) -> bool:
+    """A sequence row: a 1-D array, a list or tuple, or a string that looks like a JSON array."""
+    if isinstance(v, np.ndarray):
+        return v.ndim == 1
+    if isinstance(v, str):
+        return v.lstrip().startswith("[") and v.rstrip().endswith("]")
+    return isinstance(v, list | tuple)
 
 
 def parse_numeric(table: Table, f: FeatureSpec) -> np.ndarray:

@@ -23,7 +23,14 @@ import numpy as np
 import torch
 
 from forgeml.config import DataConfig
-from forgeml.data.bad_rows import MISSING_VALUE, UNKNOWN_CLASS, BadRows, RowChecks, quote
+from forgeml.data.bad_rows import (
+    BAD_LABELS,
+    MISSING_VALUE,
+    UNKNOWN_CLASS,
+    BadRows,
+    RowChecks,
+    quote,
+)
 from forgeml.data.columns import (
     category_values,
     column_type,
@@ -43,6 +50,7 @@ from forgeml.data.schema import FeatureSpec, InputSpec, SequenceInput, TargetSpe
 from forgeml.data.sequence_columns import (
     BAD_SEQUENCE,
     EMPTY_TEXT,
+    bad_sequences,
     combine_runs,
     empty_text_message,
     encode_sequence,
@@ -56,7 +64,7 @@ from forgeml.data.sequence_columns import (
 )
 from forgeml.data.split import infer_target_kind
 from forgeml.data.table import Table
-from forgeml.data.targets import fit_target, multi_hot, parse_target_floats
+from forgeml.data.targets import bad_label_rows, fit_target, multi_hot, parse_target_floats
 from forgeml.data.text import TextEncoder
 from forgeml.errors import ConfigError, DataError
 
@@ -149,6 +157,8 @@ class Preprocessor:
                 bad_rows,
                 target=cfg.target,
                 numeric_target=target_kind == "numeric",
+                multilabel=target_kind == "labels",
+                sequences=cfg,
             )
             image = next((f for f in features if f.type == "image"), None)
             if image is not None:
@@ -226,6 +236,7 @@ class Preprocessor:
                 bad_rows,
                 target=t.name if with_target else None,
                 numeric_target=t.task == "regression",
+                multilabel=t.task == "multilabel",
                 classes=self._class_index if t.task != "regression" else None,
             )
         kept = table if len(rows) == table.num_rows else table.take(rows)
@@ -466,14 +477,28 @@ def _good_rows(
     *,
     target: str | None,
     numeric_target: bool,
+    multilabel: bool = False,
     classes: dict[str | None, int] | None = None,
+    sequences: DataConfig | None = None,
 ) -> np.ndarray:
     """Skip mode: record the rows with a bad value (images: once decoded) and return the (K,)
-    indices of the others. `classes`: a class outside them is bad (val/test targets)."""
+    indices of the others.
+
+    Args:
+        multilabel: the target holds lists of labels: each list is checked, and each label.
+        classes: a class (or label) outside them is bad (val/test targets).
+        sequences: the TRAIN split's config: sequence columns are parsed here, so a bad one is
+            left out of the fit (later tables: their encoding records bad sequences).
+    """
     checks = RowChecks(table)
     if target is not None:
         checks.target(target, numeric=numeric_target)
-        if classes is not None:
+        if multilabel:
+            found = bad_label_rows(table, target, classes)
+            for reason in (BAD_LABELS, UNKNOWN_CLASS):
+                rows = np.array([i for i, (r, _) in found.items() if r == reason], dtype=np.int64)
+                checks.add(rows, target, reason, lambda i: found[i][1])
+        elif classes is not None:
             values = table.columns[target]
             unknown = [k is not None and k not in classes for k in value_keys(values)]
             checks.add(
@@ -490,6 +515,9 @@ def _good_rows(
             required=image or f.type == "sequence" or f.fill == "error",
             missing=(MISSING_VALUE, "missing image" if image else "missing value"),
         )
+        if sequences is not None and f.type == "sequence":
+            bad = bad_sequences(table, f, sequence_config(sequences, f.name))
+            checks.add(np.fromiter(bad, np.int64), f.name, BAD_SEQUENCE, bad.__getitem__)
     return checks.record(bad_rows)
 
 

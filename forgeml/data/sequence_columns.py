@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from forgeml.config import DataConfig
-from forgeml.data.bad_rows import BadRows
+from forgeml.data.bad_rows import BadRows, quote
 from forgeml.data.schema import FeatureSpec
 from forgeml.data.sequence import (
     ParsedSequences,
@@ -146,13 +146,19 @@ def _texts(table: Table, spec: FeatureSpec) -> list[str]:
     return out
 
 
-def empty_text_message(table: Table, spec: FeatureSpec, row: int) -> str:
+def empty_text_detail(table: Table, spec: FeatureSpec, row: int) -> str:
+    """What is wrong with a text that has no token: 'empty text' (missing, empty or blank) or
+    'no token left after cleaning and tokenising ...' (e.g. stop words only)."""
     value = table.columns[spec.name][row]
-    what = "missing text" if value is None or str(value).strip() == "" else "no token left"
+    if value is None or (isinstance(value, float) and value != value) or not str(value).strip():
+        return "empty text"
+    return f"no token left after cleaning and tokenising {quote(value)}"
+
+
+def empty_text_message(table: Table, spec: FeatureSpec, row: int) -> str:
     return (
-        f"{table.row_ref(row)}, column '{spec.name}': {what} (after cleaning and tokenising "
-        f"{str(value)[:40]!r}); expected at least one token; fix or drop the row, or set "
-        "data.on_bad_rows=skip"
+        f"{table.row_ref(row)}, column '{spec.name}': {empty_text_detail(table, spec, row)}; "
+        "expected at least one token; fix or drop the row"
     )
 
 
@@ -183,6 +189,21 @@ def fit_sequence(table: Table, spec: FeatureSpec, options: SequenceConfig) -> No
         "channels": parsed.channels,
         "scaler": scaler.state() if scaler is not None else None,
     }
+
+
+def bad_sequences(table: Table, spec: FeatureSpec, options: SequenceConfig) -> dict[int, str]:
+    """Skip mode, TRAIN split: the rows of a sequence column that cannot be used (missing, not
+    an array of numbers, ragged where a length is declared, another channel count than the
+    first good row), row -> detail."""
+    found: dict[int, str] = {}
+    parse_sequences(
+        table.columns[spec.name],
+        column=spec.name,
+        where=table.row_ref,
+        cfg=options,
+        bad=found.__setitem__,
+    )
+    return found
 
 
 def encode_sequence(
@@ -218,5 +239,5 @@ def record_bad(
     bad_rows: BadRows, table: Table, spec: FeatureSpec, rows: np.ndarray, reason: str
 ) -> None:
     for i in rows:
-        message = empty_text_message(table, spec, int(i)) if reason == EMPTY_TEXT else reason
-        bad_rows.record(table.row_ref(int(i)), spec.name, reason, message)
+        detail = empty_text_detail(table, spec, int(i)) if reason == EMPTY_TEXT else reason
+        bad_rows.record(table.row_ref(int(i)), spec.name, reason, detail)

@@ -52,7 +52,9 @@ def read_table(
             folder of images laid out as `DIR/<class_name>/<image>.png`, or a built-in data set
             such as `builtin:digits` or `builtin:blobs?n=500&classes=4&seed=1`.
         delimiter: Field separator for delimited text files; overrides the one implied by the
-            extension ("," for .csv, tab for .tsv/.tab). Ignored by other formats.
+            extension ("," for .csv, tab for .tsv/.tab); given, a `.txt` file is delimited text
+            too. Ignored by other formats. Tab-separated text has no quoting (see
+            `_read_delimited`).
         base_dir: Directory that relative paths are resolved against (e.g. the config file's
             folder); the current directory when None.
         bad_rows: Skip mode (`data.on_bad_rows: skip`): a CSV/TSV record with the wrong number
@@ -80,16 +82,17 @@ def read_table(
         if path.is_dir():
             return _read_image_folder(path, spec)
         suffix = path.suffix.lower()
-        if suffix in _DELIMITERS:
+        if suffix in _DELIMITERS or (suffix == ".txt" and delimiter):
             return _read_delimited(path, spec, delimiter or _DELIMITERS[suffix], bad_rows)
         if suffix in _JSONL:
             return _read_jsonl(path, spec, bad_rows)
         if suffix in _READERS:
             return _READERS[suffix](path, spec)
         supported = ", ".join([*_DELIMITERS, *_JSONL, *_READERS])
+        txt = "; a .txt file of delimited text needs data.delimiter" if suffix == ".txt" else ""
         raise _error(
             f"{spec}: unsupported file type {path.suffix or '(no extension)'!r}; expected one of "
-            f"{supported}, an image folder or builtin:NAME; convert the file or rename it"
+            f"{supported}, an image folder or builtin:NAME{txt}; convert the file or rename it"
         )
     except PermissionError:
         raise _error(
@@ -171,7 +174,11 @@ def _read_delimited(path: Path, name: str, delimiter: str, bad_rows: BadRows | N
         )
     # newline="" leaves line breaks inside quoted fields to the csv module, as its docs require.
     text, blanked = _read_text(path, name, bad_rows, header=True)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # Tab-separated text is one record per line, with no quoting (the IANA text/tab-separated-
+    # values rule): a field cannot hold a tab or a line break, so a `"` is just text. Read with
+    # CSV quoting, a sentence opening with an unbalanced `"` would swallow the lines after it.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     header: list[str] | None = None
     rows: list[list[str]] = []
     numbers: list[int] = []

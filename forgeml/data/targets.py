@@ -7,9 +7,10 @@ import json
 import numpy as np
 
 from forgeml.config import DataConfig
+from forgeml.data.bad_rows import BAD_LABELS, UNKNOWN_CLASS
 from forgeml.data.columns import python_value, sort_key, value_key, value_keys
 from forgeml.data.schema import TargetSpec
-from forgeml.data.split import parse_floats
+from forgeml.data.split import is_missing, parse_floats
 from forgeml.data.table import Table
 from forgeml.errors import ConfigError, DataError
 
@@ -47,8 +48,12 @@ def fit_target(table: Table, cfg: DataConfig, kind: str) -> TargetSpec:
             name, "regression", None, mean=float(floats.mean()), std=float(floats.std()) or 1.0
         )
     if kind == "labels":
-        lists = label_lists(table, name)
-        labels = sorted({label for row in lists for label in row}, key=sort_key)
+        # A label keeps the type of its first occurrence (3 stays 3), as classes do below.
+        found: dict[str | None, object] = {}
+        for i, value in enumerate(table.columns[name]):
+            for v in _row_labels(table, name, i, value):
+                found.setdefault(value_key(v), python_value(v))
+        labels = [found[k] for k in sorted(found, key=sort_key)]
         if not labels:
             raise DataError(
                 f"{table.source}: target column '{name}' has no label in any row of the training "
@@ -84,25 +89,51 @@ def is_label_list(value: object) -> bool:
 def label_lists(table: Table, name: str) -> list[list[str]]:
     """Each row's labels (as category keys, see `value_key`) of a multi-label target: a JSON
     array ("[\"a\", \"b\"]", "[]" for none) or a list; a plain string is one label."""
-    out = []
+    return [
+        [value_key(v) for v in _row_labels(table, name, i, value)]
+        for i, value in enumerate(table.columns[name])
+    ]
+
+
+def _row_labels(table: Table, name: str, i: int, value: object) -> list:
+    """`row_labels`, a bad value raising a one-line DataError naming row i."""
+    try:
+        return row_labels(value)
+    except ValueError as exc:
+        raise DataError(
+            f"{table.row_ref(i)}, column '{name}': {exc}; expected a flat list of labels like "
+            '["a", "b"]; fix the value or drop the row'
+        ) from None
+
+
+def row_labels(value: object) -> list:
+    """One row's labels as they are (3 stays an int); ValueError saying what is wrong."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{value[:40]!r} is not a JSON array ({exc.msg})") from None
+    labels = list(value) if isinstance(value, list | tuple | np.ndarray) else [value]
+    if any(value_key(v) is None or isinstance(v, list | dict) for v in labels):
+        raise ValueError(f"{str(value)[:40]} holds a missing or nested label")
+    return labels
+
+
+def bad_label_rows(table: Table, name: str, index: dict | None) -> dict[int, tuple[str, str]]:
+    """Skip mode: the rows of a multi-label target that are no list of labels, or (given the
+    fitted label `index`) hold a label the model does not know; row -> (reason, detail)."""
+    out = {}
     for i, value in enumerate(table.columns[name]):
-        if isinstance(value, str) and value.lstrip().startswith("["):
-            try:
-                value = json.loads(value)
-            except ValueError as exc:
-                raise DataError(
-                    f"{table.row_ref(i)}, column '{name}': {value[:40]!r} is not a JSON array "
-                    f'({exc.msg}); expected a list of labels like ["a", "b"]; fix the value'
-                ) from None
-        if not isinstance(value, list | tuple | np.ndarray):
-            value = [value]
-        keys = [value_key(v) for v in value]
-        if any(k is None or isinstance(v, list | dict) for k, v in zip(keys, value, strict=True)):
-            raise DataError(
-                f"{table.row_ref(i)}, column '{name}': {str(value)[:40]} holds a missing or "
-                "nested label; expected a flat list of labels; fix the value or drop the row"
-            )
-        out.append(keys)
+        if is_missing(value):
+            continue  # a missing target: RowChecks.target records it
+        try:
+            keys = [value_key(v) for v in row_labels(value)]
+        except ValueError as exc:
+            out[i] = (BAD_LABELS, str(exc))
+            continue
+        unknown = [k for k in keys if index is not None and k not in index]
+        if unknown:
+            out[i] = (UNKNOWN_CLASS, f"label {unknown[0]!r} is not one the model knows")
     return out
 
 

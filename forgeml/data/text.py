@@ -143,6 +143,12 @@ def word_tokens(text: str) -> list[str]:
     return _word_pattern().findall(text)
 
 
+def count_words(text: str) -> int:
+    """Words of a raw text as the word tokenizer sees them, punctuation left out: "i love
+    東京!" -> 4. Column type inference counts with it, so text without spaces is text too."""
+    return sum(1 for token in _word_pattern().findall(text) if token.isalnum() or len(token) > 1)
+
+
 def char_tokens(text: str) -> list[str]:
     """Every character of a cleaned text, spaces included (" " marks the word boundaries a
     char-level model needs; cleaning leaves only single spaces)."""
@@ -214,8 +220,8 @@ class TextEncoder:
         """Learn the vocabulary from the TRAIN texts (or load `cfg.tokenizer_file`).
 
         Args:
-            base_dir: what relative `stopwords` and `tokenizer_file` paths are resolved against
-                (the config file's folder); the current directory when None.
+            base_dir: what relative `stopwords` and `tokenizer_file` paths are resolved against;
+                None (what training passes): the current directory, as for `data.source`.
 
         Raises:
             ConfigError: stop words without tokenizer: word; a missing or unreadable stop-word
@@ -356,9 +362,12 @@ def _own_tokens(text: str, kind: str, stopwords: frozenset[str] | None) -> list[
     return [t for t in tokens if t not in stopwords] if stopwords else tokens
 
 
-def _resolve(path: str, base_dir: Path | None) -> Path:
+def _resolve(path: str, base_dir: Path | None) -> tuple[Path, str]:
+    """The path, and what a relative one is relative to (for messages)."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() or base_dir is None else Path(base_dir) / p
+    if base_dir is None:
+        return p, "the current directory"
+    return (p if p.is_absolute() else Path(base_dir) / p), str(base_dir)
 
 
 def _load_stopwords(cfg: TextConfig, key: str, base_dir: Path | None) -> frozenset[str]:
@@ -368,11 +377,12 @@ def _load_stopwords(cfg: TextConfig, key: str, base_dir: Path | None) -> frozens
     if cfg.stopwords == "english":
         text = resources.files("forgeml.data").joinpath("stopwords/english.txt").read_text("utf-8")
     else:
-        path = _resolve(cfg.stopwords, base_dir)
+        path, relative_to = _resolve(cfg.stopwords, base_dir)
         if not path.is_file():
             raise ConfigError(
                 f"{key}.stopwords: {path} does not exist; expected 'english' or a UTF-8 file with "
-                "one stop word per line (relative to the config file); fix the path"
+                f"one stop word per line (a relative path is relative to {relative_to}); fix the "
+                "path"
             )
         try:
             text = path.read_text(encoding="utf-8")
@@ -392,11 +402,12 @@ def _load_stopwords(cfg: TextConfig, key: str, base_dir: Path | None) -> frozens
 
 def _load_tokenizer(cfg: TextConfig, key: str, base_dir: Path | None) -> Tokenizer:
     assert cfg.tokenizer_file is not None
-    path = _resolve(cfg.tokenizer_file, base_dir)
+    path, relative_to = _resolve(cfg.tokenizer_file, base_dir)
     if not path.is_file():
         raise ConfigError(
             f"{key}.tokenizer_file: {path} does not exist; expected a Hugging Face tokenizer.json "
-            "(relative to the config file); fix the path or remove tokenizer_file to train one"
+            f"(a relative path is relative to {relative_to}); fix the path or remove "
+            "tokenizer_file to train one"
         )
     try:
         tokenizer = Tokenizer.from_file(str(path))

@@ -5,18 +5,21 @@ loads its run directory and runs one warm-up forward; readiness turns true when 
 ready. On shutdown uvicorn first stops accepting and waits for the requests in flight (their
 batches keep running), then the lifespan stops the workers after their queues are empty.
 
-Routes (every body and error is JSON; errors are `{"error": message, "field"?: where}`):
+Routes (every body and error is JSON; errors are `{"error": message, "field"?: where}`, on the
+OpenAI routes OpenAI's `{"error": {"message", "type", "param", "code"}}`):
 
     GET  /v2, /v2/health/live, /v2/health/ready             OIP v2 server metadata and health
     GET  /v2/models/{name}, /v2/models/{name}/ready         OIP v2 model metadata and readiness
     POST /v2/models/{name}/infer                            OIP v2 inference (tensors as JSON)
-    GET  /v1/models                                         the served models
+    GET  /v1/models                                         the served models (also OpenAI's shape)
     POST /v1/models/{name}:predict                          {"instances": [records]} -> predictions
+    POST /v1/completions, /v1/chat/completions              language models, OpenAI-compatible
+                                                            (openai.py; generation.py schedules)
     GET  /metrics, /openapi.json                            Prometheus metrics, the API document
 
 Models are only the run directories given on the command line: no route loads anything named
-in a request. More protocols plug in as routers (`create_app(..., extra_routers=...)`), as the
-OpenAI-compatible language-model routes will.
+in a request. More protocols plug in as routers (`create_app(..., extra_routers=...)`); the
+OpenAI-compatible routes are one, included by default.
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ from starlette.requests import ClientDisconnect
 
 from forgeml import __version__
 from forgeml.serve import codec, protocol
+from forgeml.serve import openai as openai_api
 from forgeml.serve.batching import Batcher, QueueFull, ShuttingDown
 from forgeml.serve.codec import Locate, RequestError
+from forgeml.serve.generation import Scheduler, ServedLM
 from forgeml.serve.limits import ApiKeyMiddleware, BodyLimitMiddleware, error_response
 from forgeml.serve.metrics import MetricsMiddleware, ServeMetrics
 from forgeml.serve.models import ServedModel
@@ -50,37 +55,61 @@ RETRY_AFTER = {"Retry-After": "1"}
 
 
 class Server:
-    """The state the routes share: one batcher per model, the metrics, the settings."""
+    """The state the routes share: one batcher per predictive model, one generation scheduler
+    per language model (generation.py), the metrics, the settings."""
 
     def __init__(
         self,
         settings: ServeSettings,
-        models: list[ServedModel],
+        models: list[ServedModel | ServedLM],
         on_fatal: Callable[[BaseException], None] | None,
     ) -> None:
         self.settings = settings
-        self.metrics = ServeMetrics([m.name for m in models])
+        self.metrics = ServeMetrics(
+            [m.name for m in models], generators=[m.name for m in models if isinstance(m, ServedLM)]
+        )
         self.on_fatal = on_fatal
+        options = {
+            "max_batch_size": settings.max_batch_size,
+            "max_delay_s": settings.max_delay_ms / 1000.0,
+            "max_queue": settings.max_queue,
+            "metrics": self.metrics,
+        }
         self.batchers = {
-            m.name: Batcher(
-                m,
-                max_batch_size=settings.max_batch_size,
-                max_delay_s=settings.max_delay_ms / 1000.0,
-                max_queue=settings.max_queue,
-                merge=settings.batching,
-                metrics=self.metrics,
-            )
+            m.name: Batcher(m, merge=settings.batching, **options)  # type: ignore[arg-type]
             for m in models
+            if isinstance(m, ServedModel)
+        }
+        self.generators = {
+            m.name: Scheduler(m, batching=settings.batching, **options)  # type: ignore[arg-type]
+            for m in models
+            if isinstance(m, ServedLM)
         }
 
     @property
+    def workers(self) -> list[Batcher | Scheduler]:
+        return [*self.batchers.values(), *self.generators.values()]
+
+    @property
     def ready(self) -> bool:
-        return all(b.ready for b in self.batchers.values())
+        return all(w.ready for w in self.workers)
+
+    def worker(self, name: str) -> Batcher | Scheduler:
+        worker = self.batchers.get(name) or self.generators.get(name)
+        if worker is None:
+            self.batcher(name)  # raises the 404
+        return worker  # type: ignore[return-value]
 
     def batcher(self, name: str, *, need_ready: bool = True) -> Batcher:
         batcher = self.batchers.get(name)
+        if name in self.generators:
+            raise RequestError(
+                400,
+                f"model '{name}' is a language model; use POST /v1/completions or "
+                "/v1/chat/completions (OpenAI-compatible)",
+            )
         if batcher is None:
-            served = ", ".join(self.batchers)
+            served = ", ".join([*self.batchers, *self.generators])
             shown = name if len(name) <= 80 else name[:77] + "..."
             raise RequestError(404, f"model '{shown}' is not served here; models: {served}")
         if need_ready and not batcher.ready:
@@ -136,7 +165,7 @@ class Server:
         return parsed, rows
 
     def on_loaded(self, loop: asyncio.AbstractEventLoop) -> Callable:
-        def loaded(batcher: Batcher, error: BaseException | None) -> None:  # worker thread
+        def loaded(batcher: Batcher | Scheduler, error: BaseException | None) -> None:  # thread
             if error is None:
                 self.metrics.model_ready.labels(batcher.name).set(1)
                 log.info("model %s is ready", batcher.name)
@@ -148,7 +177,7 @@ class Server:
 
 def create_app(
     settings: ServeSettings,
-    models: list[ServedModel],
+    models: list[ServedModel | ServedLM],
     *,
     on_fatal: Callable[[BaseException], None] | None = None,
     extra_routers: Sequence[APIRouter] = (),
@@ -164,15 +193,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = server.on_loaded(asyncio.get_running_loop())
-        for batcher in server.batchers.values():
-            batcher.on_loaded = loaded
-            batcher.start()
+        for worker in server.workers:
+            worker.on_loaded = loaded
+            worker.start()
         yield
 
         # uvicorn has waited for the requests in flight; run anything still queued and stop.
         def close_all() -> None:
-            for batcher in server.batchers.values():
-                batcher.close(settings.timeout_s)
+            for worker in server.workers:
+                worker.close(settings.timeout_s)
 
         await asyncio.to_thread(close_all)
 
@@ -180,7 +209,8 @@ def create_app(
         title="forgeml",
         version=__version__,
         description="Predictions from forgeml run directories: Open Inference Protocol v2 "
-        "(/v2) and a friendly /v1/models/{name}:predict. See docs/deploying.md.",
+        "(/v2), a friendly /v1/models/{name}:predict, and OpenAI-compatible /v1/completions "
+        "and /v1/chat/completions for language models. See docs/deploying.md.",
         lifespan=lifespan,
         docs_url=None,  # no pages that load scripts from a CDN
         redoc_url=None,
@@ -195,6 +225,7 @@ def create_app(
     app.include_router(_oip_routes(server))
     app.include_router(_friendly_routes(server))
     app.include_router(_ops_routes(server))
+    app.include_router(openai_api.routes(server))
     for router in extra_routers:
         app.include_router(router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -248,7 +279,7 @@ def _oip_routes(server: Server) -> APIRouter:
 
     @router.get("/v2/models/{name}/ready", response_model=protocol.ModelReady, responses=ERRORS)
     async def model_ready(name: str) -> JSONResponse:
-        ok = server.batcher(name, need_ready=False).ready
+        ok = server.worker(name).ready
         body = {"name": name, "ready": ok}
         return JSONResponse(body, 200 if ok else 503, None if ok else RETRY_AFTER)
 
@@ -289,18 +320,23 @@ def _parse_infer(model: ServedModel, body: bytes, content_type: str | None) -> t
 def _friendly_routes(server: Server) -> APIRouter:
     router = APIRouter(tags=["Predict"])
 
-    @router.get("/v1/models", response_model=protocol.ModelList, responses=ERRORS)
+    @router.get("/v1/models", response_model=openai_api.ModelListing, responses=ERRORS)
     async def list_models() -> dict[str, Any]:
-        models = []
-        for name, batcher in server.batchers.items():
-            info: dict[str, Any] = {"name": name, "ready": batcher.ready}
-            if batcher.ready:
-                info |= {
-                    "task": batcher.model.task,
-                    "inputs": [c.name for c in batcher.model.columns],
-                }
+        """Every served model: `models` (forgeml's shape) and OpenAI's `object`/`data`."""
+        models, data = [], []
+        for worker in server.workers:
+            info: dict[str, Any] = {"name": worker.name, "ready": worker.ready}
+            if worker.ready:
+                model = worker.model
+                inputs = [c.name for c in model.columns] if isinstance(model, ServedModel) else []
+                info |= {"task": model.task, "inputs": inputs}
             models.append(info)
-        return {"models": models}
+            data.append(
+                openai_api.model_card(
+                    worker.name, worker.model.run_dir, info.get("task"), worker.ready
+                )
+            )
+        return {"models": models, "object": "list", "data": data}
 
     @router.post(
         "/v1/models/{name}:predict",
@@ -382,7 +418,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in protocol.BODY_MODELS:  # request bodies the routes read themselves
+        # request bodies the routes read themselves
+        for model in (*protocol.BODY_MODELS, *openai_api.BODY_MODELS):
             found = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(found.pop("$defs", {}))
             components[model.__name__] = found

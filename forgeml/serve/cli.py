@@ -28,6 +28,7 @@ API_KEY_ENV = "FORGEML_API_KEY"
 EXAMPLES = """examples:
   forgeml serve runs/digits-cnn
   forgeml serve runs/digits-cnn runs/churn-mlp --port 8080 --max-batch-size 64
+  forgeml serve runs/gpt-char --max-tokens 256     # OpenAI-compatible /v1/chat/completions
   FORGEML_API_KEY=s3cret forgeml serve runs/digits-cnn --host 0.0.0.0
 """
 
@@ -38,8 +39,9 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         "serve",
         help="serve run directories over HTTP (needs the serve extra)",
         description="Serve trained run directories over HTTP: Open Inference Protocol v2 "
-        "under /v2, raw records at /v1/models/NAME:predict, Prometheus /metrics. The model "
-        "name is the run directory's name.",
+        "under /v2, raw records at /v1/models/NAME:predict, OpenAI-compatible "
+        "/v1/completions and /v1/chat/completions for language models, Prometheus /metrics. "
+        "The model name is the run directory's name.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -68,7 +70,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=d["max_batch_size"].default,
         metavar="ROWS",
-        help="rows merged into one forward pass (default: %(default)s)",
+        help="rows merged into one forward pass; language models: choices generated together "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--max-delay-ms",
@@ -80,21 +83,24 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-batching",
         action="store_true",
-        help="one request per forward pass, no waiting (for comparisons)",
+        help="one request per forward pass, no waiting; language models: one choice at a time "
+        "(for comparisons)",
     )
     p.add_argument(
         "--max-queue",
         type=int,
         default=d["max_queue"].default,
         metavar="N",
-        help="requests waiting per model before 429 (default: %(default)s)",
+        help="requests (language models: choices) waiting per model before 429 "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--timeout-s",
         type=float,
         default=d["timeout_s"].default,
         metavar="S",
-        help="per-request time limit after the body is read, else 504 (default: %(default)s)",
+        help="per-request time limit after the body is read, else 504; streams: to the first "
+        "token, then between tokens (default: %(default)s)",
     )
     p.add_argument(
         "--max-body-bytes",
@@ -102,6 +108,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=d["max_body_bytes"].default,
         metavar="BYTES",
         help="larger request bodies get 413 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=d["max_tokens"].default,
+        metavar="N",
+        help="language models: tokens generated per request at most (also capped by the "
+        "model's context); a larger max_tokens gets 422 (default: %(default)s)",
     )
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
 
@@ -118,6 +132,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         max_queue=args.max_queue,
         timeout_s=args.timeout_s,
         max_body_bytes=args.max_body_bytes,
+        max_tokens=args.max_tokens,
         access_log=not args.no_access_log,
     )
 
@@ -146,10 +161,10 @@ def _serve(args: argparse.Namespace) -> int:
             "with: pip install 'forgeml[serve]'"
         ) from None
     from forgeml.serve.app import create_app
-    from forgeml.serve.models import ServedModel
+    from forgeml.serve.models import open_run
 
     # Every directory is checked before the port is bound: a typo fails at once, exit 2.
-    models = [ServedModel(p, n) for p, n in zip(settings.run_dirs, settings.names, strict=True)]
+    models = [open_run(p, n) for p, n in zip(settings.run_dirs, settings.names, strict=True)]
     if not settings.is_loopback and settings.api_key is None:
         print(
             f"warning: serving on {settings.host} without an API key: anyone who can reach "

@@ -36,6 +36,16 @@ class InputColumn:
     spec: FeatureSpec | None  # None: one numeric column of a `data.sequences` run
 
 
+def open_run(run_dir: str | Path, name: str) -> Any:
+    """The served form of a finished run: a `ServedModel`, or for a language-model run a
+    `ServedLM` (generation.py; OpenAI-compatible routes). Checked now, loaded later."""
+    if read_manifest(Path(run_dir)).get("task") == "language_modeling":
+        from forgeml.serve.generation import ServedLM
+
+        return ServedLM(run_dir, name)
+    return ServedModel(run_dir, name)
+
+
 class ServedModel:
     """A finished run directory, checked at construction and loaded by `load()`."""
 

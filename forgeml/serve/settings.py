@@ -22,6 +22,7 @@ class ServeSettings:
     max_queue: int = 256  # requests waiting per model before 429
     timeout_s: float = 30.0  # parse + queue + inference of one request, else 504
     max_body_bytes: int = 10 * 1024 * 1024  # else 413
+    max_tokens: int = 512  # language models: tokens generated per request at most, else 422
     access_log: bool = True
     names: tuple[str, ...] = field(init=False)  # the model name of each run directory
 
@@ -33,6 +34,7 @@ class ServeSettings:
             ("--max-queue", self.max_queue, self.max_queue >= 1, "at least 1"),
             ("--timeout-s", self.timeout_s, 0 < self.timeout_s <= 3600, "above 0, at most 3600"),
             ("--max-body-bytes", self.max_body_bytes, self.max_body_bytes >= 1024, "at least 1024"),
+            ("--max-tokens", self.max_tokens, self.max_tokens >= 1, "at least 1"),
         ]
         for option, value, ok, expected in checks:
             if not ok:

@@ -247,7 +247,7 @@ def test_config_picks_the_family_by_name() -> None:
     assert isinstance(cfg.model, CNNConfig)
     cfg = load_config({"data": {"source": "x.csv"}, "model": {"name": "mlp", "hidden_sizes": [4]}})
     assert isinstance(cfg.model, MLPConfig)
-    assert sorted(MODELS) == ["cnn", "mlp", "rnn", "transformer"]
+    assert sorted(MODELS) == ["cnn", "mlp", "pretrained", "rnn", "transformer"]
 
 
 def test_count_parameters_by_hand() -> None:

@@ -255,7 +255,7 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(main_url: str) 
             "/v1/models/reviews:predict",
             {"instances": [{"review": "ok"}, {"review": "  "}]},
             "instances[1].review",
-            "missing text",
+            "empty text",
         ),
         (
             "/v1/models/digits:predict",

@@ -1,0 +1,475 @@
+"""Text generation for the OpenAI-compatible routes: a language-model run as the server uses it
+(`ServedLM`), and one scheduler thread per model that runs concurrent requests together.
+
+A request handler (openai.py) tokenizes and checks a request on the event loop's thread pool,
+then submits one `Job` per choice (prompt x n) with a `Channel`, the request's end of the line.
+The scheduler thread owns all torch work of the model:
+
+    queue --> group: the oldest job, plus the queued jobs that can share its batch
+              (same sampling settings and stop strings, no seed, and the longest prompt plus the
+              largest max_tokens fit the context, so no prompt is cut further than alone)
+          --> LanguageModel.start(the group's prompts): a TextStream with one row per job
+    steps: up to MAX_GROUPS groups generate at once; each turn of the loop first starts a new
+           group from the queue (if there is room), then advances every group by one token.
+           Per row: the new text piece, and whether the job is finished (a stop string, the end-
+           of-text token, or its own max_tokens) --> events to the job's Channel
+
+Static batches per group, but not static scheduling: a request arriving while others generate
+starts its own group at the next step instead of waiting for them to finish, so its first token
+comes after one prefill, not after a whole generation. With `--no-batching` one job runs at a
+time (groups of one, one group), for comparisons.
+
+A group generates up to its largest max_tokens; a job with a smaller one is finished (and its
+request answered) when it reaches it, and a group whose jobs are all finished or abandoned is
+dropped at once. A seeded job runs in a group of its own, so the same seed gives the same text
+whatever else the server is doing. Jobs whose request gave up (timeout, client gone) are skipped
+before they start and ignored once running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from forgeml.artifact import read_manifest
+from forgeml.errors import ForgeError
+from forgeml.serve.batching import LOAD_GATE_ENV, QueueFull, ShuttingDown
+
+log = logging.getLogger("forgeml.serve")
+TASK = "language_modeling"
+MAX_GROUPS = 4  # groups generating at once; each costs one forward per step
+# Tests only: milliseconds to sleep after each step, so a stream is still running when a test
+# acts (e.g. sends SIGTERM) without needing a large model.
+STEP_DELAY_ENV = "FORGEML_SERVE_TEST_STEP_DELAY_MS"
+
+__all__ = [
+    "Channel",
+    "Done",
+    "Failed",
+    "Job",
+    "QueueFull",
+    "Sampling",
+    "Scheduler",
+    "ServedLM",
+    "ShuttingDown",
+    "Text",
+    "is_language_model",
+]
+
+
+def is_language_model(run_dir: str | Path) -> bool:
+    """Whether a finished run directory holds a language model (`forgeml.json` task)."""
+    return read_manifest(Path(run_dir)).get("task") == TASK
+
+
+class ServedLM:
+    """A language-model run directory, checked at construction and loaded by `load()`."""
+
+    task = TASK
+
+    def __init__(self, run_dir: str | Path, name: str) -> None:
+        self.run_dir = Path(run_dir)
+        self.name = name
+        manifest = read_manifest(self.run_dir)  # a clear error now, before the server binds
+        if manifest.get("task") != TASK:
+            raise ForgeError(f"{self.run_dir} is not a language-model run")
+        self.lm: Any = None  # forgeml.lm.model.LanguageModel once loaded
+
+    @property
+    def loaded(self) -> bool:
+        return self.lm is not None
+
+    def load(self) -> None:
+        """Build the model and load its weights (sha256 checked). Slow: call off the loop."""
+        from forgeml.lm.model import LanguageModel
+
+        self.lm = LanguageModel.load(self.run_dir)
+
+    def warmup(self) -> None:
+        """Two greedy tokens from a one-token prompt: the first request pays no lazy set-up."""
+        self.lm.complete([[0]], max_new_tokens=min(2, self.context_length - 1), temperature=0)
+
+    @property
+    def context_length(self) -> int:
+        return self.lm.context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm.tokenizer.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`. Raises DataError for text the tokenizer cannot take (a character
+        a character-level model never saw)."""
+        return self.lm.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.lm.decode(ids)
+
+    def start_ids(self) -> list[int] | None:
+        """What an empty prompt continues from: the end-of-text token, else a newline."""
+        eos = self.lm.tokenizer.eos_id
+        if eos is not None:
+            return [eos]
+        try:
+            return self.encode("\n") or None
+        except ForgeError:
+            return None
+
+
+# ----------------------------------------------------------------------------- jobs and events
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The settings a group shares: jobs batch together only when these are equal."""
+
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    repetition_penalty: float
+    stop: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Text:
+    index: int  # the choice
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    index: int
+    finish_reason: str  # "stop" (a stop string or end of text) | "length" (max_tokens)
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    index: int
+    error: BaseException
+
+
+Event = Text | Done | Failed
+
+
+class Channel:
+    """One request's end: the events of its jobs, in order. Made and read on the event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.closed = False  # set on the loop when the request gave up; the worker drops its jobs
+
+    async def get(self, timeout_s: float) -> Event:
+        """The next event. Raises TimeoutError after `timeout_s`."""
+        if timeout_s <= 0:
+            raise TimeoutError
+        return await asyncio.wait_for(self.events.get(), timeout_s)
+
+
+@dataclass(eq=False)
+class Job:
+    """One choice of one request: a prompt (token ids, already fitted to the context) to
+    continue by up to `max_tokens` tokens."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampling: Sampling
+    seed: int | None
+    index: int
+    channel: Channel
+    sent: int = field(default=0)  # worker: characters of text delivered so far
+    done: bool = field(default=False)  # worker: finished, failed or abandoned
+
+
+class GenerationMetrics(Protocol):
+    def observe_batch(self, model: str, rows: int, requests: int, seconds: float) -> None: ...
+    def set_queue_depth(self, model: str, depth: int) -> None: ...
+    def add_generated_tokens(self, model: str, tokens: int) -> None: ...
+
+
+@dataclass(eq=False)
+class _Group:
+    jobs: list[Job]
+    stream: Any  # forgeml.lm.model.TextStream
+    steps: Iterator[list[str]]
+    counts: list[int]  # tokens per row after the last step
+    started: float
+
+
+# ----------------------------------------------------------------------------- scheduler
+
+
+class Scheduler:
+    """The queue and generation thread of one language model. `start()` loads it (on the thread).
+
+    The same outward shape as `Batcher` (name, model, ready, start, close, on_loaded), so the
+    app's lifespan, readiness and metrics treat both alike.
+    """
+
+    def __init__(
+        self,
+        model: ServedLM,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+        batching: bool = True,
+        metrics: GenerationMetrics | None = None,
+        on_loaded: Callable[[Scheduler, BaseException | None], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size if batching else 1
+        self.max_groups = MAX_GROUPS if batching else 1
+        self.max_delay_s = max_delay_s if batching else 0.0
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.on_loaded = on_loaded
+        self.ready = False
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._step_delay_s = float(os.environ.get(STEP_DELAY_ENV) or 0) / 1000.0
+        self._thread = threading.Thread(
+            target=self._run, name=f"forgeml-generate-{model.name}", daemon=True
+        )
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self, timeout_s: float) -> None:
+        """Take no new jobs, finish the queued and running ones, stop (waits up to `timeout_s`)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    # ------------------------------------------------------------------------ event loop side
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Queue all of a request's jobs, or none.
+
+        Raises:
+            QueueFull: they do not fit in `max_queue` (429).
+            ShuttingDown: the server is stopping (503).
+        """
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown
+            if len(self._queue) + len(jobs) > self.max_queue:
+                raise QueueFull
+            self._queue.extend(jobs)
+            depth = len(self._queue)
+            self._cond.notify()
+        self._report_depth(depth)
+
+    def withdraw(self, channel: Channel) -> None:
+        """The request behind `channel` gave up: drop its queued jobs, ignore its running ones."""
+        channel.closed = True
+        with self._cond:
+            if not any(job.channel is channel for job in self._queue):
+                return
+            self._queue = deque(job for job in self._queue if job.channel is not channel)
+            depth = len(self._queue)
+        self._report_depth(depth)
+
+    def _report_depth(self, depth: int) -> None:
+        if self.metrics is not None:
+            self.metrics.set_queue_depth(self.name, depth)
+
+    # ------------------------------------------------------------------------ worker side
+
+    def _run(self) -> None:
+        try:
+            gate = os.environ.get(LOAD_GATE_ENV)
+            while gate and not os.path.exists(gate) and not self._closing:
+                time.sleep(0.02)
+            self.model.load()
+            self.model.warmup()
+        except BaseException as exc:  # a broken run directory: the server must not serve it
+            with self._cond:
+                self._closing = True
+            if self.on_loaded is not None:
+                self.on_loaded(self, exc)
+            return
+        self.ready = True
+        if self.on_loaded is not None:
+            self.on_loaded(self, None)
+        groups: list[_Group] = []
+        while (jobs := self._take(idle=not groups, room=len(groups) < self.max_groups)) is not None:
+            if jobs and (group := self._start_group(jobs)) is not None:
+                groups.append(group)
+            for group in list(groups):
+                if not self._step(group):
+                    groups.remove(group)
+            if self._step_delay_s and groups:
+                time.sleep(self._step_delay_s)
+
+    def _take(self, *, idle: bool, room: bool) -> list[Job] | None:
+        """The jobs of a new group ([] for none now); None once closed and nothing is left.
+
+        Idle (no group running): waits for a job, then up to `max_delay_s` for more to batch.
+        Busy: never waits, so the running groups keep stepping.
+        """
+        with self._cond:
+            if idle:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return None  # closing, and every job has been run
+                deadline = time.monotonic() + self.max_delay_s
+                while len(self._queue) < self.max_batch_size and not self._closing:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            if not room or not self._queue:
+                return []
+            jobs = self._select()
+            depth = len(self._queue)
+        self._report_depth(depth)
+        return jobs
+
+    def _select(self) -> list[Job]:
+        """Take the oldest live job and the queued jobs that can join it (holding the lock)."""
+        while self._queue and self._queue[0].channel.closed:
+            self._queue.popleft()
+        if not self._queue:
+            return []
+        head = self._queue.popleft()
+        jobs = [head]
+        if head.seed is not None or self.max_batch_size == 1:
+            return jobs
+        context = self.model.context_length
+        width, new = len(head.prompt), head.max_tokens
+        kept: deque[Job] = deque()
+        while self._queue and len(jobs) < self.max_batch_size:
+            job = self._queue.popleft()
+            if job.channel.closed:
+                continue
+            w, n = max(width, len(job.prompt)), max(new, job.max_tokens)
+            if job.seed is None and job.sampling == head.sampling and w + n <= context:
+                jobs.append(job)
+                width, new = w, n
+            else:
+                kept.append(job)
+        kept.extend(self._queue)
+        self._queue = kept
+        return jobs
+
+    def _start_group(self, jobs: list[Job]) -> _Group | None:
+        s = jobs[0].sampling
+        try:
+            stream = self.model.lm.start(
+                [job.prompt for job in jobs],
+                max_new_tokens=max(job.max_tokens for job in jobs),
+                temperature=s.temperature,
+                top_k=s.top_k,
+                top_p=s.top_p,
+                repetition_penalty=s.repetition_penalty,
+                stop=list(s.stop),
+                seed=jobs[0].seed,
+            )
+        except Exception as exc:  # settings openai.py let through: a bug, but not a crash
+            log.exception("model %s: could not start generating", self.name)
+            self._deliver([(job, Failed(job.index, exc)) for job in jobs])
+            return None
+        return _Group(jobs, stream, iter(stream), [0] * len(jobs), time.perf_counter())
+
+    def _step(self, group: _Group) -> bool:
+        """Advance `group` by one token; deliver its events. False: the group is over."""
+        try:
+            pieces: list[str] | None = next(group.steps)
+        except StopIteration:
+            pieces = None  # every row is finished (the final pieces came with the last step)
+        except Exception as exc:  # a bug: fail this group, keep serving
+            log.exception("model %s: generation failed", self.name)
+            self._deliver([(j, Failed(j.index, exc)) for j in group.jobs if not j.done])
+            for job in group.jobs:
+                job.done = True
+            return False
+        stream, events, generated = group.stream, [], 0
+        for row, job in enumerate(group.jobs):
+            if job.done:
+                continue
+            if job.channel.closed:
+                job.done = True
+                continue
+            tokens = stream.tokens[row]
+            count, before = len(tokens), group.counts[row]
+            group.counts[row] = count
+            generated += min(count, job.max_tokens) - min(before, job.max_tokens)
+            piece = "" if pieces is None else pieces[row]
+            if stream.stopped[row]:  # a stop string: `piece` is the rest of the text before it
+                self._send(job, piece, events)
+                self._finish(job, "stop", min(count, job.max_tokens), events)
+            elif count >= job.max_tokens:
+                self._finish_from(job, tokens[: job.max_tokens], "length", events)
+            elif pieces is None or count == before:  # the end-of-text token (or the end)
+                self._finish_from(job, tokens, "stop", events)
+            else:
+                self._send(job, piece, events)
+        if self.metrics is not None and generated:
+            self.metrics.add_generated_tokens(self.name, generated)
+        self._deliver(events)
+        if all(job.done for job in group.jobs):
+            if self.metrics is not None:
+                seconds = time.perf_counter() - group.started
+                requests = len({id(job.channel) for job in group.jobs})
+                self.metrics.observe_batch(self.name, len(group.jobs), requests, seconds)
+            return False  # dropping the stream ends it, even if some rows could go on
+        return True
+
+    def _send(self, job: Job, piece: str, events: list[tuple[Job, Event]]) -> None:
+        if piece:
+            job.sent += len(piece)
+            events.append((job, Text(job.index, piece)))
+
+    def _finish_from(
+        self, job: Job, tokens: list[int], reason: str, events: list[tuple[Job, Event]]
+    ) -> None:
+        """Finish `job` with what the stream still held back of its text (a possible start of
+        a stop string, an incomplete character): all of it is final now."""
+        text = self.model.decode(tokens)
+        cuts = [text.find(s) for s in job.sampling.stop if s and s in text]
+        if cuts:
+            text, reason = text[: min(cuts)], "stop"
+        self._send(job, text[job.sent :], events)
+        self._finish(job, reason, len(tokens), events)
+
+    def _finish(
+        self, job: Job, reason: str, completion_tokens: int, events: list[tuple[Job, Event]]
+    ) -> None:
+        job.done = True
+        events.append((job, Done(job.index, reason, len(job.prompt), completion_tokens)))
+
+    def _deliver(self, events: list[tuple[Job, Event]]) -> None:
+        """Hand one step's events to their requests: one wake-up of each event loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Channel, Event]]] = {}
+        for job, event in events:
+            by_loop.setdefault(job.channel.loop, []).append((job.channel, event))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, batch)
+            except RuntimeError:  # the loop has closed: nobody is waiting any more
+                pass
+
+
+def _put_all(batch: list[tuple[Channel, Event]]) -> None:
+    for channel, event in batch:
+        if not channel.closed:
+            channel.events.put_nowait(event)

@@ -1,0 +1,460 @@
+"""The OpenAI-compatible routes on real servers: the official `openai` client unchanged
+(models, completions, chat, streaming chat), SSE framing, prompt truncation, malformed bodies
+(only 4xx, the field named), overload (429, no 5xx), the API key, readiness, batching, the time
+limit (504) and SIGTERM during a stream (the stream completes, exit 0).
+
+A tiny character-level GPT (2 layers, 32 dims, context 32, 30 steps) and a tiny classifier are
+trained once for the module; three servers start together:
+
+    open     the LM and the classifier; no API key; --max-tokens 24
+    guarded  the LM; API key; --no-batching --max-queue 2; 5 ms per generation step (test hook)
+    gated    the LM; loads once a gate file exists; batches of 4 waiting up to 300 ms;
+             --timeout-s 2; 80 ms per generation step
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from serve_helpers import API_KEY, TABULAR_ROWS, ServerProcess, stop_all, train
+
+import forgeml
+
+LM = "tinylm"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+CONTEXT = 32
+SENTENCES = [
+    "system: answer briefly.\nuser: hello there, how are you?\nassistant: fine, thanks.\n",
+    "user: what is the weather like today?\nassistant: it is sunny and warm.\n",
+    "the quick brown fox jumps over the lazy dog. 0123456789\n",
+]
+
+
+@dataclass
+class Servers:
+    open: ServerProcess
+    guarded: ServerProcess
+    gated: ServerProcess
+    gate: Path
+
+
+def train_lm(out: Path) -> Path:
+    rng = random.Random(0)
+    corpus = out / "corpus.txt"
+    corpus.write_text("".join(rng.choice(SENTENCES) for _ in range(300)), encoding="utf-8")
+    config = {
+        "seed": 0,
+        "data": {
+            "source": str(corpus),
+            "corpus": {"tokenizer": "char", "eval_blocks": 8, "sample_tokens": 0},
+        },
+        "model": {"name": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": CONTEXT},
+        "train": {"batch_size": 8, "max_steps": 30, "precision": "fp32"},
+        "output": {"dir": str(out), "name": LM},
+    }
+    return forgeml.train(config, quiet=True).dir
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    out = tmp_path_factory.mktemp("openai-runs")
+    logs = tmp_path_factory.mktemp("openai-logs")
+    lm = str(train_lm(out))
+    step = "FORGEML_SERVE_TEST_STEP_DELAY_MS"
+    # The LM-only servers start (importing torch) while the classifier trains.
+    guarded = ServerProcess(
+        logs / "guarded.log",
+        [lm, "--no-batching", "--max-queue", "2"],
+        env={"FORGEML_API_KEY": API_KEY, step: "5"},
+    )
+    gated = ServerProcess(
+        logs / "gated.log",
+        [lm, "--max-batch-size", "4", "--max-delay-ms", "300", "--timeout-s", "2"],
+        env={"FORGEML_SERVE_TEST_LOAD_GATE": str(logs / "gate"), step: "80"},
+    )
+    tabular = train(
+        out,
+        "tabular",
+        {"source": "builtin:tabular?n=300", "target": "label"},
+        {"name": "mlp", "hidden_sizes": [8]},
+    )
+    started = Servers(
+        open=ServerProcess(logs / "open.log", [lm, str(tabular), "--max-tokens", "24"]),
+        guarded=guarded,
+        gated=gated,
+        gate=logs / "gate",
+    )
+    yield started
+    stop_all([started.open, started.guarded, started.gated])
+
+
+@pytest.fixture(scope="module")
+def open_url(servers: Servers) -> str:
+    return servers.open.wait_ready()
+
+
+@pytest.fixture(scope="module")
+def client(open_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{open_url}/v1", api_key="unused", max_retries=0)
+
+
+def metric(url: str, name: str, headers: dict | None = None, **labels: str) -> float:
+    text = httpx.get(f"{url}/metrics", headers=headers).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+# --------------------------------------------------------------------------- the openai client
+
+
+def test_openai_client_lists_models_and_completes(client: openai.OpenAI) -> None:
+    models = {m.id: m for m in client.models.list()}
+    assert set(models) == {LM, "tabular"} and models[LM].owned_by == "forgeml"
+
+    prompt = "the quick brown"
+    first = client.completions.create(model=LM, prompt=prompt, max_tokens=8, temperature=0)
+    choice = first.choices[0]
+    assert first.object == "text_completion" and first.model == LM and first.id.startswith("cmpl-")
+    assert isinstance(choice.text, str) and choice.finish_reason in ("stop", "length")
+    assert first.usage.prompt_tokens == len(prompt)  # one token per character
+    assert first.usage.completion_tokens <= 8
+    assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
+    again = client.completions.create(model=LM, prompt=prompt, max_tokens=8, temperature=0)
+    assert again.choices[0].text == choice.text  # greedy: the same text, batched or not
+
+    # Two prompts x n=2: four choices, indexed prompt-major.
+    many = client.completions.create(
+        model=LM, prompt=[prompt, "hello"], n=2, max_tokens=3, temperature=0
+    )
+    assert [c.index for c in many.choices] == [0, 1, 2, 3]
+    assert many.choices[0].text == many.choices[1].text == choice.text[:3]
+
+    # A stop string ends the choice before it (and is not included).
+    text = client.completions.create(model=LM, prompt=prompt, max_tokens=20, temperature=0).choices[
+        0
+    ]
+    if len(text.text) >= 4:
+        stop = text.text[2:4]
+        cut = client.completions.create(
+            model=LM, prompt=prompt, max_tokens=20, temperature=0, stop=[stop, "zzz"]
+        ).choices[0]
+        assert cut.text == text.text[: text.text.find(stop)] and cut.finish_reason == "stop"
+
+
+def test_chat_and_streaming_chat_with_the_openai_client(client: openai.OpenAI) -> None:
+    messages: list[Any] = [
+        {"role": "system", "content": "answer briefly."},
+        {"role": "user", "content": "hello there"},
+    ]
+    chat = client.chat.completions.create(model=LM, messages=messages, max_tokens=10, seed=7)
+    message = chat.choices[0].message
+    assert chat.object == "chat.completion" and message.role == "assistant"
+    assert isinstance(message.content, str) and "\nuser:" not in message.content
+    assert chat.choices[0].finish_reason in ("stop", "length")
+    assert chat.usage.completion_tokens <= 10
+    same = client.chat.completions.create(model=LM, messages=messages, max_tokens=10, seed=7)
+    assert same.choices[0].message.content == message.content  # the same seed, the same text
+
+    # A reply sent back as the client received it is a valid message.
+    follow = [*messages, chat.choices[0].message, {"role": "user", "content": "and you?"}]
+    assert client.chat.completions.create(model=LM, messages=follow, max_tokens=4).choices
+
+    stream = client.chat.completions.create(
+        model=LM,
+        messages=messages,
+        max_tokens=10,
+        seed=7,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].id.startswith("chatcmpl-")
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == message.content  # streamed text = the whole answer, same seed
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert reasons[-1] == chat.choices[0].finish_reason and not any(reasons[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == (
+        chat.usage.completion_tokens
+    )
+
+
+def test_completion_stream_is_server_sent_events_ending_with_done(open_url: str) -> None:
+    body = {"model": LM, "prompt": "hello", "max_tokens": 5, "stream": True, "temperature": 0}
+    with httpx.stream("POST", f"{open_url}/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = raw.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert all(e.startswith("data: ") for e in events[:-1])
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "length"
+    text = "".join(c["choices"][0]["text"] for c in chunks)
+    whole = httpx.post(f"{open_url}/v1/completions", json=body | {"stream": False}).json()
+    assert text == whole["choices"][0]["text"] and len(text) == 5
+
+
+def test_a_prompt_longer_than_the_context_is_cut_from_the_left_or_refused(
+    client: openai.OpenAI,
+) -> None:
+    prompt = "the quick brown fox jumps over the lazy dog. " * 3  # 135 tokens; context 32
+    raw = client.completions.with_raw_response.create(model=LM, prompt=prompt, max_tokens=8)
+    completion = raw.parse()
+    assert completion.usage.prompt_tokens == CONTEXT - 8
+    assert completion.usage.model_extra["prompt_tokens_dropped"] == len(prompt) - (CONTEXT - 8)
+    assert raw.headers["x-forgeml-prompt-tokens-dropped"] == str(len(prompt) - (CONTEXT - 8))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(
+            model=LM, prompt=prompt, max_tokens=8, extra_body={"truncate_prompt": False}
+        )
+    assert refused.value.code == "context_length_exceeded"
+    assert "context of 32 tokens" in refused.value.message
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+DROP = object()  # a key to remove from the good body
+C, CHAT = "completions", "chat/completions"
+BAD_BODIES: list[tuple[str, dict[str, Any], int, str]] = [
+    # (route, changes to its good body, status, the field named)
+    (CHAT, {"messages": DROP}, 422, "messages"),
+    (CHAT, {"messages": []}, 422, "messages"),
+    (CHAT, {"messages": "hi"}, 422, "messages"),
+    (CHAT, {"model": DROP}, 422, "model"),
+    (CHAT, {"messages": [{"content": "hi"}]}, 422, "messages[0].role"),
+    (CHAT, {"messages": [{"role": "tool", "content": "x"}]}, 422, "messages[0].role"),
+    (
+        CHAT,
+        {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        422,
+        "messages[0].content[0].type",
+    ),
+    (CHAT, {"messages": [{"role": "user", "content": 5}]}, 422, "messages[0].content"),
+    (CHAT, {"messages": [{"role": "user", "content": "5€"}]}, 422, "messages[0].content"),
+    (CHAT, {"logprobs": True}, 422, "logprobs"),
+    (CHAT, {"tools": [{"type": "function"}]}, 422, "tools"),
+    (CHAT, {"max_completion_tokens": 10**6}, 422, "max_completion_tokens"),
+    (C, {"prompt": DROP}, 422, "prompt"),
+    (C, {"prompt": 5}, 422, "prompt"),
+    (C, {"prompt": ["a", 1]}, 422, "prompt[1]"),
+    (C, {"prompt": [3, 999]}, 422, "prompt[1]"),
+    (C, {"prompt": "price: 5€"}, 422, "prompt"),
+    (C, {"prompt": []}, 422, "prompt"),
+    (C, {"temperature": "hot"}, 422, "temperature"),
+    (C, {"temperature": -0.5}, 422, "temperature"),
+    (C, {"temperature": 1e308}, 422, "temperature"),
+    (C, {"top_p": 1.5}, 422, "top_p"),
+    (C, {"max_tokens": "10"}, 422, "max_tokens"),
+    (C, {"max_tokens": 0}, 422, "max_tokens"),
+    (C, {"max_tokens": 10**30}, 422, "max_tokens"),
+    (C, {"max_tokens": 25}, 422, "max_tokens"),  # the server's --max-tokens is 24
+    (C, {"max_tokens": 4.5}, 422, "max_tokens"),
+    (C, {"n": 0}, 422, "n"),
+    (C, {"n": 17}, 422, "n"),
+    (C, {"n": 9, "prompt": ["a", "b"]}, 422, "n"),
+    (C, {"stream": "yes"}, 422, "stream"),
+    (C, {"seed": -1}, 422, "seed"),
+    (C, {"stop": ""}, 422, "stop"),
+    (C, {"stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
+    (C, {"stop": 3}, 422, "stop"),
+    (C, {"logprobs": 2}, 422, "logprobs"),
+    (C, {"presence_penalty": 1.0}, 422, "presence_penalty"),
+    (C, {"temprature": 0.5}, 422, "temprature"),
+    (C, {"model": 7}, 422, "model"),
+    (C, {"model": "missing"}, 404, "model"),
+    (C, {"model": "tabular"}, 400, "model"),
+]
+GOOD = {
+    C: {"model": LM, "prompt": "hello", "max_tokens": 4},
+    CHAT: {"model": LM, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4},
+}
+
+
+def test_malformed_bodies_get_a_4xx_naming_the_field(open_url: str) -> None:
+    http = httpx.Client(timeout=30)
+    for route, changes, status, field in BAD_BODIES:
+        body = {k: v for k, v in {**GOOD[route], **changes}.items() if v is not DROP}
+        r = http.post(f"{open_url}/v1/{route}", json=body)
+        assert r.status_code == status, (route, changes, r.text)
+        error = r.json()["error"]
+        assert error["param"] == field, (route, changes, error)
+        assert field.split("[")[0] in error["message"] and error["type"]
+    for content, status in [(b"{", 400), (b"", 400), (b"[]", 422), (b'{"model": NaN}', 400)]:
+        r = httpx.post(f"{open_url}/v1/completions", content=content, headers=JSON)
+        assert r.status_code == status and "message" in r.json()["error"], content
+    r = httpx.post(
+        f"{open_url}/v1/completions", content=b"prompt=hi", headers={"content-type": "text/plain"}
+    )
+    assert r.status_code == 415
+    # The other protocols refuse the language model, and still serve the classifier.
+    r = httpx.post(f"{open_url}/v1/models/{LM}:predict", json={"instances": [{"x": 1}]})
+    assert r.status_code == 400 and "/v1/completions" in r.json()["error"]
+    assert httpx.get(f"{open_url}/v2/models/{LM}").status_code == 400
+    assert httpx.get(f"{open_url}/v2/models/{LM}/ready").json() == {"name": LM, "ready": True}
+    predict = httpx.post(
+        f"{open_url}/v1/models/tabular:predict", json={"instances": TABULAR_ROWS[:2]}
+    )
+    assert predict.status_code == 200 and len(predict.json()["predictions"]) == 2
+
+
+JSON = {"content-type": "application/json"}
+FUZZ_VALUES: list[Any] = [
+    *(None, True, -1, 0, 1.5, 3, 10**30, -1e308, "", "x" * 3000, "€"),
+    *([], [1, "a"], {}, {"a": 1}, [[1, 2], [3]], [{"role": "user"}]),
+]
+
+
+def test_random_malformed_bodies_never_get_a_5xx(open_url: str) -> None:
+    rng = random.Random(0)
+    statuses = []
+    http = httpx.Client(timeout=30)  # keep-alive: one connection for all of them
+    for k in range(200):  # bounded: 200 requests of at most 24 generated tokens each
+        route = rng.choice(list(GOOD))
+        body = json.loads(json.dumps(GOOD[route]))
+        keys = [*body, "n", "stop", "temperature", "top_p", "seed", "stream", "extra"]
+        key = rng.choice(keys)
+        if route == "chat/completions" and key == "messages" and rng.random() < 0.5:
+            target = body["messages"][0]
+            target[rng.choice(["role", "content", "name", "extra"])] = rng.choice(FUZZ_VALUES)
+        elif rng.random() < 0.15:
+            body.pop(key, None)
+        else:
+            body[key] = rng.choice(FUZZ_VALUES)
+        r = http.post(f"{open_url}/v1/{route}", json=body)
+        statuses.append(r.status_code)
+        assert r.status_code < 500, (k, body, r.text)
+        if r.status_code >= 400:
+            error = r.json()["error"]
+            assert error["message"] and (r.status_code != 422 or error["param"]), (body, error)
+    assert sum(400 <= s < 500 for s in statuses) > 100, statuses
+    assert http.post(f"{open_url}/v1/completions", json=GOOD["completions"]).status_code == 200
+    http.close()
+
+
+def test_metrics_count_generated_tokens(open_url: str) -> None:
+    before = metric(open_url, "forgeml_generated_tokens_total", model=LM)
+    r = httpx.post(f"{open_url}/v1/completions", json=GOOD["completions"]).json()
+    after = metric(open_url, "forgeml_generated_tokens_total", model=LM)
+    assert after - before == r["usage"]["completion_tokens"] > 0
+    text = httpx.get(f"{open_url}/metrics").text
+    assert f'forgeml_queue_depth{{model="{LM}"}} 0.0' in text
+    assert metric(open_url, "forgeml_time_to_first_token_seconds_count", model=LM) > 0
+
+
+# --------------------------------------------------------------------------- limits, key
+
+
+@pytest.fixture(scope="module")
+def guarded_url(servers: Servers) -> str:
+    return servers.guarded.wait_ready()
+
+
+def test_api_key_guards_the_openai_routes(guarded_url: str) -> None:
+    for method, path in [("GET", "/v1/models"), ("POST", "/v1/completions")]:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            r = httpx.request(method, guarded_url + path, json=GOOD["completions"], headers=headers)
+            assert r.status_code == 401, (path, headers)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{guarded_url}/v1", api_key="wrong").models.list()
+    keyed = openai.OpenAI(base_url=f"{guarded_url}/v1", api_key=API_KEY, max_retries=0)
+    assert [m.id for m in keyed.models.list()] == [LM]
+    chat = keyed.chat.completions.create(
+        model=LM, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert chat.choices[0].message.role == "assistant"
+
+
+def test_overload_gives_429_with_retry_after_and_no_5xx(guarded_url: str) -> None:
+    # One choice at a time, two waiting, 5 ms per token: 16 requests at once cannot all wait.
+    body = {**GOOD["completions"], "max_tokens": 20}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(headers=AUTH, timeout=30) as http:
+            url = f"{guarded_url}/v1/completions"
+            return await asyncio.gather(*[http.post(url, json=body) for _ in range(16)])
+
+    responses = asyncio.run(burst())
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 429}, codes
+    assert codes.count(429) >= 1 and codes.count(200) >= 2, codes
+    for r in responses:
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert metric(guarded_url, "forgeml_rejected_requests_total", AUTH, reason="queue_full") >= 1
+    r = httpx.post(f"{guarded_url}/v1/completions", json=body, headers=AUTH, timeout=30)
+    assert r.status_code == 200  # and it recovers
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_ready_after_loading_batching_timeout_and_sigterm_during_a_stream(
+    servers: Servers,
+) -> None:
+    server = servers.gated  # loads once the gate exists; 80 ms per step; 2 s time limit
+    url = server.url
+    ready = httpx.get(f"{url}/v2/health/ready")
+    assert ready.status_code == 503 and ready.json() == {"ready": False}
+    r = httpx.post(f"{url}/v1/completions", json=GOOD["completions"])
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "loading" in r.json()["error"]["message"]
+    assert httpx.get(f"{url}/v1/models").json()["data"][0]["ready"] is False
+    servers.gate.touch()
+    server.wait_ready()
+
+    # Four requests arriving together fill one batch (--max-batch-size 4): one group.
+    def batches() -> float:
+        return metric(url, "forgeml_batch_requests_count", model=LM)
+
+    before = batches()
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as http:
+            bodies = [{**GOOD["completions"], "prompt": p, "temperature": 0} for p in "abcd"]
+            return await asyncio.gather(
+                *[http.post(f"{url}/v1/completions", json=b) for b in bodies]
+            )
+
+    assert [r.status_code for r in asyncio.run(together())] == [200] * 4
+    assert batches() - before == 1
+
+    # 31 tokens at 80 ms each cannot finish within --timeout-s 2.
+    slow = httpx.post(f"{url}/v1/completions", json={**GOOD["completions"], "max_tokens": 31})
+    assert slow.status_code == 504 and slow.json()["error"]["code"] == "timeout"
+    assert httpx.post(f"{url}/v1/completions", json=GOOD["completions"]).status_code == 200
+
+    # SIGTERM after the first chunk of a 20-token stream (1.6 s): the stream still completes.
+    body = {**GOOD["chat/completions"], "max_tokens": 20, "stream": True, "temperature": 0}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        first = next(line for line in lines if line)
+        assert json.loads(first.removeprefix("data: "))["choices"][0]["delta"]["role"]
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]", rest
+    last = json.loads(rest[-2].removeprefix("data: "))
+    assert last["choices"][0]["finish_reason"] in ("stop", "length")
+    assert server.proc.wait(20) == 0, server.log
+    assert time.monotonic() - started < 15
