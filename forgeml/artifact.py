@@ -219,7 +219,13 @@ def load_weights(run_dir: str | Path, manifest: dict[str, Any], model: nn.Module
     if not path.is_file():
         raise ForgeError(f"{path} is missing; the run directory is incomplete, train again")
     expected = manifest.get("weights_sha256")
-    if expected and sha256_file(path) != expected:
+    if not isinstance(expected, str) or not expected:
+        # Never load unchecked: a manifest without the checksum was not written by forgeml train.
+        raise ForgeError(
+            f"{Path(run_dir) / MANIFEST} records no weights_sha256 for {WEIGHTS}; forgeml only "
+            "loads weights it can check; train the run again"
+        )
+    if sha256_file(path) != expected:
         raise ForgeError(
             f"{path} does not match the sha256 recorded in {MANIFEST}; the file was changed or "
             "corrupted; restore it or train again"

@@ -21,3 +21,7 @@ class ConfigError(ForgeError):
 
 class DataError(ForgeError):
     """A data source is missing, unreadable or holds values of the wrong kind."""
+
+
+class CheckpointError(ForgeError):
+    """A checkpoint is missing, truncated, unsafe or does not match its manifest."""

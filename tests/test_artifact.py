@@ -228,6 +228,15 @@ def test_weights_sha256_mismatch_is_a_clear_error(tmp_path: Path) -> None:
         load_weights(path, manifest, tiny_model())
 
 
+def test_a_manifest_without_the_checksum_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "run"
+    manifest = finished_run(path, tiny_model())
+    load_weights(path, manifest, tiny_model())  # as written: loads
+    del manifest["weights_sha256"]
+    with pytest.raises(ForgeError, match="records no weights_sha256"):
+        load_weights(path, manifest, tiny_model())
+
+
 def test_nan_weights_are_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "run"
     model = tiny_model()

@@ -6,9 +6,11 @@
         best_model.safetensors  early stopping's best weights, when they differ from the current
         optim.pt              optimizer + scheduler state and RNG tensors (loaded weights_only)
         trainer.json          position (epoch, batch, step), history, early-stopping state, RNG
+        config.json           the resolved config the run trained with, and its sha256
         sharded/              FSDP only, instead of model.safetensors/best_model and the
                               optimizer in optim.pt: every rank's shards, written by
-                              torch.distributed.checkpoint (tensors only, no pickled code)
+                              torch.distributed.checkpoint; read back without unpickling code
+                              (dcp_safe.py)
         manifest.json         sha256 of every file above -- written last inside the checkpoint
       best                    name of the checkpoint holding the best monitored value
 
@@ -20,6 +22,7 @@ checkpoint is deleted only after the new one is committed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -34,17 +37,14 @@ import torch
 from torch import nn
 
 from forgeml.artifact import drop_aliases, sha256_file
-from forgeml.errors import ForgeError
+from forgeml.errors import CheckpointError
 from forgeml.training.distributed import barrier
 from forgeml.training.strategy import is_sharded, save_sharded
 
 PREFIX = "step-"
 FILES = ("optim.pt", "trainer.json")  # and model.safetensors or sharded/.metadata
+CONFIG = "config.json"  # the resolved config and its sha256 (checkpoints written by a run)
 SHARDED = "sharded"
-
-
-class CheckpointError(ForgeError):
-    """A checkpoint is missing, truncated or does not match its manifest."""
 
 
 def _fsync_path(path: Path) -> None:
@@ -85,9 +85,18 @@ class Checkpointer:
     """Writes and finds the checkpoints of one run directory."""
 
     def __init__(
-        self, root: str | Path, *, keep_last: int = 2, keep_best: bool = True, writer: bool = True
+        self,
+        root: str | Path,
+        *,
+        keep_last: int = 2,
+        keep_best: bool = True,
+        writer: bool = True,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.root = Path(root)
+        # The resolved config the run trains with, stored in every checkpoint (config.json) with
+        # its sha256, so a resume is checked against the config that produced the checkpoint.
+        self.config = config
         self.keep_last = keep_last
         self.keep_best = keep_best
         # In a torchrun job every rank calls `save` (FSDP ranks each write their shards); only
@@ -138,6 +147,12 @@ class Checkpointer:
             tmp / "optim.pt",
         )
         (tmp / "trainer.json").write_text(json.dumps(trainer), encoding="utf-8")
+        if self.config is not None:
+            blob = json.dumps(self.config, sort_keys=True)
+            sha = hashlib.sha256(blob.encode()).hexdigest()
+            (tmp / CONFIG).write_text(
+                json.dumps({"sha256": sha, "config": self.config}), encoding="utf-8"
+            )
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         for file in files:
             _fsync_path(tmp / file)
@@ -250,6 +265,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         model = None if sharded else safetensors.torch.load_file(str(path / "model.safetensors"))
         best = path / "best_model.safetensors"
         best_model = safetensors.torch.load_file(str(best)) if best.is_file() else None
+        config = json.loads((path / CONFIG).read_text("utf-8")) if CONFIG in expected else None
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint
         raise CheckpointError(f"checkpoint {path} cannot be loaded ({exc})") from None
     return {
@@ -261,6 +277,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         "scheduler": blob["scheduler"],
         "tensors": blob["tensors"],
         "trainer": trainer,
+        "config": config,  # {"sha256", "config"}, or None (a checkpoint written without one)
     }
 
 

@@ -48,6 +48,7 @@ def checkpointer_for(run_dir: RunDir, cfg: Config, *, writer: bool = True) -> Ch
         keep_last=ckpt.keep_last,
         keep_best=ckpt.keep_best,
         writer=writer,
+        config=cfg.to_dict(),
     )
 
 
@@ -80,7 +81,7 @@ def open_run(
 
     checkpointer.clean_temporary()
     checkpoint = _find_checkpoint(run_dir, checkpointer, resume, _warn)
-    _check_config(run_dir, cfg)
+    _check_config(run_dir, cfg, checkpoint)
     # From here the directory is an unfinished run again: drop the manifest first.
     (run_dir.path / MANIFEST).unlink(missing_ok=True)
     history = checkpoint["trainer"]["loop"]["history"]
@@ -123,20 +124,41 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _check_config(run_dir: RunDir, cfg: Config) -> None:
-    saved_path = run_dir.path / "config.yaml"
-    try:
-        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ForgeError(
-            f"--resume: cannot read {saved_path} ({exc}); the run is incomplete"
-        ) from None
+def _check_config(run_dir: RunDir, cfg: Config, checkpoint: dict[str, Any]) -> None:
+    """Refuse a resume whose config differs from the one the checkpoint was trained with (its
+    config.json; the run's config.yaml for a checkpoint without one) in a key that changes the
+    arithmetic."""
+    stored = checkpoint.get("config")
+    if stored is not None:
+        saved, source = stored["config"], f"{checkpoint['path']}/config.json"
+    else:
+        saved_path = run_dir.path / "config.yaml"
+        try:
+            saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ForgeError(
+                f"--resume: cannot read {saved_path} ({exc}); the run is incomplete"
+            ) from None
+        source = str(saved_path)
     changed = config_changes(saved, cfg.to_dict())
     blocked = [k for k in changed if not k.startswith(RESUMABLE)]
     if blocked:
         raise ConfigError(
             f"--resume: the config changed in ways that alter training: {', '.join(blocked)}; "
-            f"restore them as in {saved_path}, or start a new run (output.name=NEW_NAME)"
+            f"restore them as in {source}, or start a new run (output.name=NEW_NAME)"
+        )
+    limits = [k for k in changed if k in ("train.max_epochs", "train.max_steps")]
+    sched = cfg.train.scheduler
+    if limits and (sched.name in ("cosine", "onecycle") or sched.warmup_ratio > 0):
+        # These schedules are laid out over the run's total number of steps: a new total
+        # mid-run would make the learning rate jump (and OneCycleLR fails past its old total).
+        what = f"scheduler {sched.name}" + (
+            f" with warmup_ratio {sched.warmup_ratio}" if sched.warmup_ratio > 0 else ""
+        )
+        raise ConfigError(
+            f"--resume: {', '.join(limits)} changed, but the {what} is laid out over the run's "
+            f"total steps, so the learning rate would jump; restore them as in {source}, or use "
+            "train.scheduler.name=constant|step (with warmup_steps) for runs you extend"
         )
 
 

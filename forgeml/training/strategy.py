@@ -128,14 +128,16 @@ def load_sharded(
 ) -> dict[str, Tensor] | None:
     """Load `save_sharded`'s files into the sharded model and optimizer in place (a collective;
     DCP reshards when the number of ranks changed). Returns the best weights if asked for."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from forgeml.training import dcp_safe
 
     model_state, optim_state = get_state_dict(model, optimizer)
     state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
     if with_best:
         state["best_model"] = {k: torch.empty_like(v) for k, v in model_state.items()}
-    dcp.load(state, checkpoint_id=str(directory))
+    # DCP's own reader and planner unpickle metadata and non-tensor entries; these do not.
+    dcp_safe.load(state, directory)
     set_state_dict(
         model,
         optimizer,
