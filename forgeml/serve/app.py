@@ -132,18 +132,24 @@ class Server:
             if exc.status == 503:
                 self.metrics.rejected.labels(name, "not_ready").inc()
             raise
-        body = await request.body()  # BodyLimitMiddleware stops it past --max-body-bytes
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.timeout_s
-        parsed = await run_in_threadpool(
-            parse, batcher.model, body, request.headers.get("content-type")
-        )
+        batcher.expect()  # a batch being gathered now waits for this request (batching.py)
+        try:
+            body = await request.body()  # BodyLimitMiddleware stops it past --max-body-bytes
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.timeout_s
+            parsed = await run_in_threadpool(
+                parse, batcher.model, body, request.headers.get("content-type")
+            )
+        except BaseException:
+            batcher.unexpect()
+            raise
         records, locate = parsed[0], parsed[1]
         try:
             remaining = deadline - loop.time()
             if remaining <= 0:
+                batcher.unexpect()
                 raise TimeoutError
-            rows = await batcher.submit(records, locate, remaining)
+            rows = await batcher.submit(records, locate, remaining, expected=True)
         except QueueFull:
             self.metrics.rejected.labels(name, "queue_full").inc()
             raise RequestError(

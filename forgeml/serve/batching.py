@@ -1,8 +1,11 @@
 """Dynamic batching: one worker thread per model merges concurrent requests into one forward.
 
 Request handlers (on the event loop) put a `Job` into the model's bounded queue and await an
-asyncio future. The worker thread takes the first job, keeps taking jobs until the batch holds
-`max_batch_size` rows or `max_delay_s` has passed since the first one, then runs them:
+asyncio future. The worker thread takes the first job and every job queued behind it, up to
+`max_batch_size` rows; it waits (at most `max_delay_s` after the first job) only for requests
+that are already on their way -- announced with `expect()` when their body started to arrive,
+not yet queued. So a lone request never waits for company that is not coming (latency as
+without batching), and under load the requests being read and parsed join the batch:
 
     encode each job's records (a bad one fails alone, 422)  ->  merge the tensors  ->
     one forward  ->  split the outputs by job  ->  decode  ->  resolve each job's future
@@ -87,6 +90,7 @@ class Batcher:
         self.on_loaded = on_loaded
         self.ready = False
         self._queue: deque[Job] = deque()
+        self._expected = 0  # requests announced by `expect()` and not yet queued or withdrawn
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(
@@ -110,10 +114,29 @@ class Batcher:
 
     # ------------------------------------------------------------------------ event loop side
 
+    def expect(self) -> None:
+        """A request for this model is on its way (its body is being read and parsed): a batch
+        being gathered waits for it, up to `max_delay_s`. Pair with `submit(..., expected=True)`
+        or, if the request fails before that, `unexpect()`."""
+        with self._cond:
+            self._expected += 1
+
+    def unexpect(self) -> None:
+        """An announced request will not come (it failed before `submit`)."""
+        with self._cond:
+            self._expected -= 1
+            self._cond.notify()
+
     async def submit(
-        self, records: list[dict[str, Any]], locate: Locate, timeout_s: float
+        self,
+        records: list[dict[str, Any]],
+        locate: Locate,
+        timeout_s: float,
+        *,
+        expected: bool = False,
     ) -> list[dict[str, Any]]:
-        """Predictions for `records` (as `Predictor.predict` returns them).
+        """Predictions for `records` (as `Predictor.predict` returns them). `expected`: this
+        request was announced with `expect()` (it is no longer on its way, queued or not).
 
         Raises:
             QueueFull, ShuttingDown: not queued.
@@ -123,6 +146,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         job = Job(records, locate, loop, loop.create_future())
         with self._cond:
+            if expected:
+                self._expected -= 1
+                self._cond.notify()
             if self._closing:
                 raise ShuttingDown
             if len(self._queue) >= self.max_queue:
@@ -178,7 +204,8 @@ class Batcher:
                     _settle(job, error=exc)
 
     def _next_batch(self) -> list[Job] | None:
-        """Wait for a job, then gather more up to the row budget or the delay; None: closed."""
+        """Wait for a job, then take the queued ones up to the row budget, waiting for announced
+        requests until the delay has passed; None: closed."""
         with self._cond:
             while not self._queue and not self._closing:
                 self._cond.wait()
@@ -196,8 +223,8 @@ class Batcher:
                     rows += job.rows
                     continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closing:
-                    break
+                if remaining <= 0 or self._closing or self._expected <= 0:
+                    break  # nothing on its way: run now rather than wait for nobody
                 self._cond.wait(remaining)
             depth = len(self._queue)
         self._report_depth(depth)

@@ -236,6 +236,7 @@ class Scheduler:
         self.on_loaded = on_loaded
         self.ready = False
         self._queue: deque[Job] = deque()
+        self._expected = 0  # requests announced by `expect()` and not yet queued or withdrawn
         self._cond = threading.Condition()
         self._closing = False
         self._step_delay_s = float(os.environ.get(STEP_DELAY_ENV) or 0) / 1000.0
@@ -260,14 +261,29 @@ class Scheduler:
 
     # ------------------------------------------------------------------------ event loop side
 
-    def submit(self, jobs: Sequence[Job]) -> None:
-        """Queue all of a request's jobs, or none.
+    def expect(self) -> None:
+        """A request for this model is on its way (its prompts are being tokenized): an idle
+        scheduler gathering a batch waits for it, up to `max_delay_s`. Pair with
+        `submit(..., expected=True)` or, if the request fails before that, `unexpect()`."""
+        with self._cond:
+            self._expected += 1
+
+    def unexpect(self) -> None:
+        with self._cond:
+            self._expected -= 1
+            self._cond.notify()
+
+    def submit(self, jobs: Sequence[Job], *, expected: bool = False) -> None:
+        """Queue all of a request's jobs, or none. `expected`: announced with `expect()`.
 
         Raises:
             QueueFull: they do not fit in `max_queue` (429).
             ShuttingDown: the server is stopping (503).
         """
         with self._cond:
+            if expected:
+                self._expected -= 1
+                self._cond.notify()
             if self._closing:
                 raise ShuttingDown
             if len(self._queue) + len(jobs) > self.max_queue:
@@ -322,8 +338,9 @@ class Scheduler:
     def _take(self, *, idle: bool, room: bool) -> list[Job] | None:
         """The jobs of a new group ([] for none now); None once closed and nothing is left.
 
-        Idle (no group running): waits for a job, then up to `max_delay_s` for more to batch.
-        Busy: never waits, so the running groups keep stepping.
+        Idle (no group running): waits for a job, then -- up to `max_delay_s` -- for requests
+        already on their way (`expect()`), never for requests that are not coming. Busy: never
+        waits, so the running groups keep stepping.
         """
         with self._cond:
             if idle:
@@ -334,7 +351,7 @@ class Scheduler:
                 deadline = time.monotonic() + self.max_delay_s
                 while len(self._queue) < self.max_batch_size and not self._closing:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                    if remaining <= 0 or self._expected <= 0:
                         break
                     self._cond.wait(remaining)
             if not room or not self._queue:

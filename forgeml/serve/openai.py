@@ -476,11 +476,18 @@ async def _generate(server: ServerState, request: Request, *, chat: bool) -> Res
     name, settings = scheduler.name, server.settings
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.timeout_s
-    prompts = await run_in_threadpool(_fit_prompts, scheduler.model, req, settings.max_tokens)
-    n = req.n or 1
-    if len(prompts) * n > MAX_CHOICES:
-        raise _invalid("n", f"{len(prompts)} prompts x n={n} is more than {MAX_CHOICES} choices")
-    sampling = _sampling(req, chat)
+    scheduler.expect()  # an idle scheduler now waits for this request (generation.py)
+    try:
+        prompts = await run_in_threadpool(_fit_prompts, scheduler.model, req, settings.max_tokens)
+        n = req.n or 1
+        if len(prompts) * n > MAX_CHOICES:
+            raise _invalid(
+                "n", f"{len(prompts)} prompts x n={n} is more than {MAX_CHOICES} choices"
+            )
+        sampling = _sampling(req, chat)
+    except BaseException:
+        scheduler.unexpect()
+        raise
     channel = Channel()
     jobs = [
         Job(
@@ -495,7 +502,7 @@ async def _generate(server: ServerState, request: Request, *, chat: bool) -> Res
         for k in range(n)
     ]
     try:
-        scheduler.submit(jobs)
+        scheduler.submit(jobs, expected=True)
     except QueueFull:
         server.metrics.rejected.labels(name, "queue_full").inc()
         raise OpenAIError(

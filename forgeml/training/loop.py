@@ -286,9 +286,13 @@ def fit(
                     grad_norm = plain(
                         nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
                     )
-                if cfg.on_nonfinite != "ignore" and not bool(
-                    torch.isfinite(group_loss + grad_norm)
-                ):
+                if cfg.on_nonfinite != "ignore":
+                    health = group_loss + grad_norm  # non-finite if either is
+                    if world > 1:
+                        # The norm is global (gradients are all-reduced), the loss is this
+                        # rank's: sum it over ranks, so every rank skips or stops together.
+                        health = all_reduce_sum(health.clone())
+                if cfg.on_nonfinite != "ignore" and not bool(torch.isfinite(health)):
                     if buffers:
                         torch._foreach_copy_(buffers, buffers_before)
                     _nonfinite(

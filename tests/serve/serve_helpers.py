@@ -188,3 +188,36 @@ def broken_run(run: Path, copy: Path) -> Path:
     data[-1] ^= 0x01
     weights.write_bytes(bytes(data))
     return copy
+
+
+# --------------------------------------------------------------------------- slow clients
+
+
+def slow_post(
+    url: str, path: str, body: dict, stall_s: float, headers: dict | None = None
+) -> tuple[int, dict]:
+    """POST `body` over a raw socket, stalling `stall_s` after the first half of it: the server
+    has entered the route (the request is on its way) but cannot parse it yet. (status, JSON)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    data = json.dumps(body).encode()
+    head = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {parts.hostname}:{parts.port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(data)}",
+        "Connection: close",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+    ]
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data[: len(data) // 2])
+        time.sleep(stall_s)
+        sock.sendall(data[len(data) // 2 :])
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    status_line, _, rest = response.partition(b"\r\n")
+    payload = rest.partition(b"\r\n\r\n")[2]
+    return int(status_line.split()[1]), json.loads(payload)

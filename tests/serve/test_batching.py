@@ -58,9 +58,15 @@ def test_merged_requests_get_their_own_predictions(runs: Runs) -> None:
         ["love it love it love it love it"],
     ]
 
+    for _ in jobs:  # as the server does when a request's body starts to arrive
+        batcher.expect()
+
     async def run() -> list[Any]:
         return await asyncio.gather(
-            *(batcher.submit([{"review": t} for t in texts], locate, 10) for texts in jobs),
+            *(
+                batcher.submit([{"review": t} for t in texts], locate, 10, expected=True)
+                for texts in jobs
+            ),
             return_exceptions=True,
         )
 
@@ -81,6 +87,28 @@ def test_merged_requests_get_their_own_predictions(runs: Runs) -> None:
             got, [list(e["probabilities"].values()) for e in expected], atol=1e-6
         )
     assert metrics.batches == [(4, 3)]  # one forward: 4 rows of the 3 good requests
+
+
+def test_a_lone_request_does_not_wait_for_company(runs: Runs) -> None:
+    """Nothing announced: the batch runs at once, not after max_delay_s (here 2 s)."""
+    batcher, metrics = started(runs.reviews, max_delay_s=2.0)
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await batcher.submit([{"review": "great phone"}], locate, 10)
+        return loop.time() - start
+
+    try:
+        seconds = [asyncio.run(run()) for _ in range(3)]
+        batcher.expect()  # one on its way that never comes: waited for, then given up
+        slow = asyncio.run(run())
+        batcher.unexpect()
+    finally:
+        batcher.close(5)
+    assert max(seconds) < 0.5, seconds
+    assert slow >= 1.9, slow
+    assert metrics.batches == [(1, 1)] * 4
 
 
 def test_merge_pads_texts_to_the_longest() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serve_helpers import TABULAR_ROWS, Runs, Servers
+from serve_helpers import TABULAR_ROWS, Runs, Servers, slow_post
 
 from forgeml.serve.cli import main
 
@@ -33,11 +33,11 @@ def test_ready_only_after_loading_and_sigterm_drains_requests_in_flight(servers:
     server.wait_ready()
     assert httpx.get(f"{url}/v2/models/tabular/ready").status_code == 200
 
-    # Six requests wait in a batch (up to 1 s for 64 rows); SIGTERM arrives while they do.
-    def post(_: int) -> httpx.Response:
-        return httpx.post(
-            f"{url}/v1/models/tabular:predict", json={"instances": TABULAR_ROWS}, timeout=20
-        )
+    # Six requests are in flight, their bodies still arriving (stalled 2 s); SIGTERM arrives
+    # while they are: each is still read, run and answered.
+    def post(_: int) -> tuple[int, dict]:
+        body = {"instances": TABULAR_ROWS}
+        return slow_post(url, "/v1/models/tabular:predict", body, 2.0)
 
     with ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(post, i) for i in range(6)]
@@ -49,8 +49,8 @@ def test_ready_only_after_loading_and_sigterm_drains_requests_in_flight(servers:
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         responses = [f.result() for f in futures]
-    assert [r.status_code for r in responses] == [200] * 6
-    assert all(len(r.json()["predictions"]) == len(TABULAR_ROWS) for r in responses)
+    assert [status for status, _ in responses] == [200] * 6, responses
+    assert all(len(r["predictions"]) == len(TABULAR_ROWS) for _, r in responses)
     assert server.proc.wait(20) == 0, server.log
     assert time.monotonic() - started < 15
     with pytest.raises(httpx.ConnectError):

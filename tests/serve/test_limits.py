@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serve_helpers import API_KEY, TABULAR_ROWS, Servers, digit_images, png_base64
+from serve_helpers import (
+    API_KEY,
+    TABULAR_ROWS,
+    Servers,
+    digit_images,
+    png_base64,
+    slow_post,
+)
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -50,29 +58,44 @@ def test_api_key_guards_every_route_but_health(slow_url: str) -> None:
 
 
 def test_concurrent_requests_are_merged_into_one_forward(slow_url: str) -> None:
-    # Batches wait up to 2 s for 8 rows: four requests of two rows arriving together fill one.
+    # One request is complete at once; three are on their way (bodies stalled 0.3 s). The
+    # batch waits for those (up to 2 s, for 8 rows) and runs all four in one forward.
     count, total = histogram(slow_url, "forgeml_batch_requests", "tabular", AUTH)
-    url = f"{slow_url}/v1/models/tabular:predict"
+    path = "/v1/models/tabular:predict"
     bodies = [{"instances": TABULAR_ROWS[i : i + 2]} for i in (0, 1, 2, 2)]
     with ThreadPoolExecutor(4) as pool:
-        responses = list(
-            pool.map(lambda b: httpx.post(url, json=b, headers=AUTH, timeout=10), bodies)
-        )
-    assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
-    assert responses[2].json() == responses[3].json()
+        stalled = [pool.submit(slow_post, slow_url, path, b, 0.3, AUTH) for b in bodies[1:]]
+        time.sleep(0.1)  # the three are in the route, reading their bodies
+        first = httpx.post(slow_url + path, json=bodies[0], headers=AUTH, timeout=10)
+        responses = [(first.status_code, first.json()), *(f.result() for f in stalled)]
+    assert [status for status, _ in responses] == [200] * 4, responses
+    assert responses[2][1] == responses[3][1]
     new_count, new_total = histogram(slow_url, "forgeml_batch_requests", "tabular", AUTH)
     assert new_total - total == 4
     assert new_count - count == 1  # one forward for all four
     assert histogram(slow_url, "forgeml_batch_size", "tabular", AUTH)[1] >= 8
 
 
-def test_request_over_the_time_limit_is_504_and_the_server_keeps_serving(slow_url: str) -> None:
-    # One row waits for a batch of 8 for up to 2 s; the limit is 1 s.
+def test_a_lone_request_runs_at_once(slow_url: str) -> None:
+    # Nothing else on its way: no waiting for the 2 s batch delay.
     url = f"{slow_url}/v1/models/tabular:predict"
+    started = time.monotonic()
     r = httpx.post(url, json={"instances": TABULAR_ROWS[:1]}, headers=AUTH, timeout=10)
-    assert r.status_code == 504 and "--timeout-s" in r.json()["error"]
+    assert r.status_code == 200 and time.monotonic() - started < 0.5
+
+
+def test_request_over_the_time_limit_is_504_and_the_server_keeps_serving(slow_url: str) -> None:
+    # A one-row request waits for another that is on its way (its body stalls 3 s); the batch
+    # would wait 2 s for it, but the limit is 1 s.
+    path = "/v1/models/tabular:predict"
+    with ThreadPoolExecutor(1) as pool:
+        stalled = pool.submit(slow_post, slow_url, path, {"instances": TABULAR_ROWS[:1]}, 3, AUTH)
+        time.sleep(0.2)
+        r = httpx.post(slow_url + path, json={"instances": TABULAR_ROWS[:1]}, headers=AUTH)
+        assert r.status_code == 504 and "--timeout-s" in r.json()["error"]
+        assert stalled.result()[0] == 200  # its time limit starts once its body is read
     full = {"instances": [TABULAR_ROWS[0]] * 8}
-    assert httpx.post(url, json=full, headers=AUTH, timeout=10).status_code == 200
+    assert httpx.post(slow_url + path, json=full, headers=AUTH, timeout=10).status_code == 200
 
 
 def test_overload_gives_429_with_retry_after_and_no_5xx(limits_url: str) -> None:
