@@ -208,6 +208,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor(args.run_dir, backend=args.backend)
     table = predictor.to_table(args.input)
     rows = predictor.predict(table)
+    for note in predictor.truncation_notes():  # as training logs them: cut, never silently
+        print(f"note: {note}", file=sys.stderr)
     # Keep the image path with each prediction: an image folder has no other row identity.
     images = [f.name for f in predictor.preprocessor.features if f.type == "image"]
     if images and images[0] in table.columns and isinstance(table.columns[images[0]][0], str):

@@ -52,7 +52,18 @@ class Predictor:
             raise ForgeError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
         self.run_dir = Path(run_dir)
         self.backend = backend
+        # Rows cut to max_length by the last predict/evaluate call, for each text/sequence
+        # column that had any: {"review": 3}; {} when nothing was cut (see truncation_notes).
+        self.last_truncated: dict[str, int] = {}
+        self._last_num_rows = 0
         self.manifest = read_manifest(self.run_dir)
+        if backend == "onnx" and self.manifest.get("task") == "language_modeling":
+            raise ForgeError(
+                f"{self.run_dir} is a language model (task language_modeling); --backend onnx "
+                "runs table models, not text generation: generate with forgeml generate "
+                f"{self.run_dir} --prompt TEXT (Python: forgeml.load(run_dir).generate(TEXT)), "
+                "or run the export's tokens -> logits graph yourself (see docs/export.md)"
+            )
         self.config = load_config(read_config_dict(self.run_dir))
         self.preprocessor = Preprocessor.load(self.run_dir / "preprocess")
         if backend == "onnx":
@@ -98,10 +109,13 @@ class Predictor:
 
         Returns one dict per row: {"prediction": label, "probabilities": {class: p}} for
         classification, {"prediction": value} for regression. A bad row raises, whatever the
-        run's `data.on_bad_rows`: every input row gets its prediction or an error.
+        run's `data.on_bad_rows`: every input row gets its prediction or an error. A text or
+        sequence longer than its column's max_length keeps its beginning, as in training; how
+        many were cut is in `last_truncated` (and `truncation_notes()`) until the next call.
         """
         table = self.to_table(inputs)
         features, _ = self.preprocessor.transform(table, with_target=False)
+        self._count_truncated(table.num_rows)
         outputs = self.raw_outputs(TensorData(features, None))
         return self.preprocessor.decode(outputs)
 
@@ -135,7 +149,8 @@ class Predictor:
                 "data with the same columns as the training file; add the column, or use "
                 "forgeml predict for unlabelled data"
             )
-        features, labels, _ = self.preprocessor.transform_rows(table, bad_rows=bad)
+        features, labels, rows = self.preprocessor.transform_rows(table, bad_rows=bad)
+        self._count_truncated(len(rows))
         if bad is not None:
             bad.check(total, 1.0, table.source)
         classes = [str(c) for c in self.classes] if self.classes is not None else None
@@ -154,6 +169,30 @@ class Predictor:
         if bad is not None:
             metrics["bad_rows"] = bad.summary(table.source, total)
         return metrics
+
+    def truncation_notes(self) -> list[str]:
+        """The last call's `last_truncated` as sentences, one per column, e.g. "3 of 10 texts in
+        column 'review' were longer than max_length 64 and were cut" (`forgeml predict` prints
+        them on stderr)."""
+        features = {f.name: f for f in self.preprocessor.features}
+        notes = []
+        for name, count in self.last_truncated.items():
+            f = features[name]
+            kind = "texts" if f.type == "text" else "sequences"
+            were = "was" if count == 1 else "were"
+            notes.append(
+                f"{count} of {self._last_num_rows} {kind} in column '{name}' {were} longer than "
+                f"max_length {f.max_length} and {were} cut"
+            )
+        return notes
+
+    def _count_truncated(self, num_rows: int) -> None:
+        """Keep the counts of the transform just run (the preprocessor's, per column)."""
+        cut = self.preprocessor.truncated
+        self.last_truncated = {
+            f.name: cut[f.name] for f in self.preprocessor.features if cut.get(f.name)
+        }
+        self._last_num_rows = num_rows
 
     def _class_weights(self, classes: list[str] | None) -> torch.Tensor | None:
         """The (C,) or (K,) loss weights the run trained with (forgeml.json), in class order."""

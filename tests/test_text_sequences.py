@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import forgeml
 from forgeml.api import load_splits
+from forgeml.cli import main as cli_main
 from forgeml.data.builtins import read_builtin
 from forgeml.data.columns import infer_column_type
 from forgeml.data.loader import TensorData
@@ -345,6 +346,40 @@ def test_text_truncation_is_counted_per_split_and_training_still_works(
     assert predict_accuracy(run.dir, reviews(100, seed=3, tail=12)) >= 0.85
 
 
+def test_predict_counts_and_reports_truncated_texts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_jsonl(tmp_path / "train.jsonl", reviews(200, seed=2, tail=12))
+    data = {"source": str(source), "columns": {"review": {"text": {"max_length": 8}}}}
+    run = train(tmp_path, "long", data, SMALL_RNN, epochs=1)
+    rows = [{"review": r["review"]} for r in reviews(50, seed=3, tail=12)]
+    long = sum(len(r["review"].split()) > 8 for r in rows)
+    assert 0 < long < len(rows)
+    predictor = forgeml.load(run.dir)
+    assert predictor.last_truncated == {}
+    predictor.predict(rows)
+    assert predictor.last_truncated == {"review": long}
+    note = f"{long} of 50 texts in column 'review' were longer than max_length 8 and were cut"
+    assert predictor.truncation_notes() == [note]
+    predictor.predict([{"review": "a good film"}])  # each call counts its own rows
+    assert predictor.last_truncated == {} and predictor.truncation_notes() == []
+    predictor.predict([{"review": "the good movie was great and really quite a film"}])
+    assert predictor.truncation_notes() == [
+        "1 of 1 texts in column 'review' was longer than max_length 8 and was cut"
+    ]
+
+    # The CLI prints the note on stderr, once, and the predictions on stdout as before.
+    new = write_jsonl(tmp_path / "new.jsonl", rows)
+    capsys.readouterr()
+    assert cli_main(["predict", str(run.dir), str(new)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 50 and "note" not in out
+    assert err.splitlines() == [f"note: {note}"]
+    short = write_jsonl(tmp_path / "short.jsonl", [{"review": "a good film"}])
+    assert cli_main(["predict", str(run.dir), str(short)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 # --------------------------------------------------------------------------- multi-label
 
 
@@ -592,3 +627,12 @@ def test_long_sequences_are_truncated_and_counted(tmp_path: Path) -> None:
     assert {split: counts["signal"] for split, counts in truncated.items()} == expected
     assert expected["train"] > 50
     assert run.metrics["test"]["accuracy"] >= 0.8
+    # Predicting counts the signals it cuts too.
+    unseen = waves_rows(30, seed=2)
+    long = sum(len(r["signal"]) > 40 for r in unseen)
+    predictor = forgeml.load(run.dir)
+    predictor.predict([{"signal": r["signal"]} for r in unseen])
+    assert predictor.last_truncated == {"signal": long} and long > 5
+    assert predictor.truncation_notes() == [
+        f"{long} of 30 sequences in column 'signal' were longer than max_length 40 and were cut"
+    ]

@@ -135,8 +135,9 @@ def column_type(table: Table, cfg: DataConfig, name: str, max_bad_fraction: floa
 def infer_column_type(
     values: np.ndarray, max_bad_fraction: float = 0.0
 ) -> Literal["numeric", "category", "image", "text", "sequence"]:
-    """image (2-D+ arrays or .png/.jpg/.jpeg paths), sequence (1-D arrays, lists or JSON arrays
-    of numbers: SEQUENCE_MIN_SHARE of the values or more), numeric (numbers or numeric strings),
+    """image (other arrays, or .png/.jpg/.jpeg paths), sequence (arrays (L,) or float (L, C),
+    lists or JSON arrays of numbers: SEQUENCE_MIN_SHARE of the values or more; see table.py),
+    numeric (numbers or numeric strings),
     text (strings of TEXT_MIN_WORDS words or more on average, counted as the word tokenizer
     splits them, so each CJK character is a word), else category.
 
@@ -152,7 +153,7 @@ def infer_column_type(
     # Arrays first: value_key would format a whole image as text.
     present = [v for v in values if isinstance(v, np.ndarray) or value_key(v) is not None]
     if present and all(isinstance(v, np.ndarray) for v in present):
-        return "sequence" if all(v.ndim == 1 for v in present) else "image"
+        return "sequence" if all(map(_is_array, present)) else "image"
     strings = [v for v in present if isinstance(v, str)]
     if present and len(strings) == len(present):
         if all(v.lower().endswith(IMAGE_SUFFIXES) for v in strings):
@@ -168,9 +169,10 @@ def infer_column_type(
 
 
 def _is_array(v: object) -> bool:
-    """A sequence row: a 1-D array, a list or tuple, or a string that looks like a JSON array."""
+    """A sequence row: a 1-D array, a 2-D float array (L, C) (images are uint8), a list or
+    tuple, or a string that looks like a JSON array."""
     if isinstance(v, np.ndarray):
-        return v.ndim == 1
+        return v.ndim == 1 or (v.ndim == 2 and v.dtype.kind == "f")
     if isinstance(v, str):
         return v.lstrip().startswith("[") and v.rstrip().endswith("]")
     return isinstance(v, list | tuple)

@@ -27,7 +27,8 @@ def load_image(value: object, *, ref: str, base_dir: str | Path | None = None) -
     """Decode one image value into a uint8 (H, W, C) array, C in {1, 3, 4}.
 
     Args:
-        value: a path to a PNG/JPEG file, or a uint8 array (H, W) / (H, W, C).
+        value: a path to a PNG/JPEG file, or a uint8 array (H, W) / (H, W, C) (or floats in
+            [0, 1], scaled to 0..255).
         ref: where the value comes from ("data.csv, line 7"), for error messages.
         base_dir: a relative path that does not exist from the current directory is looked up
             here too (the folder of the data file that names it).
@@ -76,12 +77,17 @@ def _read_image(value: object, base_dir: str | Path | None) -> np.ndarray:
 
 
 def _array_image(value: np.ndarray) -> np.ndarray:
+    if value.dtype.kind == "f" and value.size and 0.0 <= value.min() and value.max() <= 1.0:
+        # A float (N, H, W) .npz array reads as sequences unless declared `type: image`; its
+        # rows arrive here as floats in [0, 1], as a (N, H, W, C) float array is read (npz.py).
+        value = np.round(value * 255).astype(np.uint8)
     if value.ndim == 2:
         value = value[:, :, None]
     if value.ndim != 3 or value.shape[2] not in (1, 3, 4) or value.dtype != np.uint8:
         raise _Unreadable(
             f"image array has shape {value.shape} and dtype {value.dtype}",
-            "expected uint8 pixels shaped (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)",
+            "expected uint8 pixels (or floats in [0, 1]) shaped (H, W), (H, W, 1), (H, W, 3) "
+            "or (H, W, 4)",
         )
     return value
 

@@ -50,8 +50,12 @@ class Encoded:
 
 def resolve_runs(table: Table, cfg: DataConfig) -> dict[str, list[str]]:
     """`data.sequences` with each glob pattern resolved to the column names it matches, in
-    column order (fitted on TRAIN, saved, reused for every later table)."""
-    runs = {}
+    column order (fitted on TRAIN, saved, reused for every later table).
+
+    A column declared a sequence (`data.columns.NAME.type: sequence`) that the table does not
+    have, but has as NAME_0, NAME_1, ... NAME_{L-1} (how an (N, L) .npz array NAME is read), is
+    the run of those columns too."""
+    runs = {name: split for name in cfg.columns if (split := _split_columns(table, cfg, name))}
     for name, pattern in cfg.sequences.items():
         if isinstance(pattern, str):
             names = [c for c in table.column_names if fnmatch.fnmatchcase(c, pattern)]
@@ -71,13 +75,26 @@ def resolve_runs(table: Table, cfg: DataConfig) -> dict[str, list[str]]:
     return runs
 
 
+def _split_columns(table: Table, cfg: DataConfig, name: str) -> list[str]:
+    """NAME_0 .. NAME_{L-1}, all numbered from 0 without a gap, for a declared sequence NAME that
+    is not a column of `table`; else []."""
+    if cfg.columns[name].type != "sequence" or name in table.columns or name in cfg.sequences:
+        return []
+    numbers = [c.removeprefix(f"{name}_") for c in table.column_names if c.startswith(f"{name}_")]
+    steps = sorted(int(n) for n in numbers if n.isascii() and n.isdigit() and n == str(int(n)))
+    return [f"{name}_{j}" for j in steps] if steps == list(range(len(steps))) else []
+
+
 def combine_runs(table: Table, runs: dict[str, list[str]]) -> Table:
     """Each run of numeric columns becomes one column NAME holding a (L,) float32 array per row;
-    the run's columns are removed."""
+    the run's columns are removed. A table that holds NAME itself and none of the run's
+    columns (records of raw sequences, at predict time) is used as it is."""
     if not runs:
         return table
     columns = dict(table.columns)
     for name, names in runs.items():
+        if name in table.columns and not any(c in table.columns for c in names):
+            continue
         missing = [c for c in names if c not in table.columns]
         if missing:
             raise DataError(

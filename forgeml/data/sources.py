@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from forgeml.data.bad_rows import (
     BadRows,
 )
 from forgeml.data.builtins import list_builtins, read_builtin
+from forgeml.data.npz import read_npz
 from forgeml.data.table import Table
 from forgeml.errors import DataError
 
@@ -323,88 +323,6 @@ def _read_parquet(path: Path, name: str) -> Table:
     return Table(columns, source=name, row_label="row")
 
 
-# --- NumPy .npz --------------------------------------------------------------------------------
-
-
-def _read_npz(path: Path, name: str) -> Table:
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (ValueError, zipfile.BadZipFile) as e:
-        raise _error(
-            f"cannot read {name} as .npz ({e}); expected an archive from np.savez"
-        ) from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise _error(f"{name} holds a single .npy array; expected an archive from np.savez")
-    with npz:
-        arrays = {key: _load_npz_array(npz, key, name) for key in npz.files}
-    if not arrays:
-        raise _no_rows(name, "at least one array")
-    lengths = {key: a.shape[0] for key, a in arrays.items() if a.ndim > 0}
-    if len(set(lengths.values())) > 1:
-        found = ", ".join(f"{k!r} has {n}" for k, n in lengths.items())
-        raise _error(
-            f"{name}: arrays have different numbers of rows ({found}); expected the same first "
-            f"dimension (one entry per row) in every array"
-        )
-    columns: dict[str, np.ndarray] = {}
-    for key, array in arrays.items():
-        for column, values in _npz_columns(key, array, name):
-            if column in columns:
-                raise _error(
-                    f"{name}: column {column!r} comes from two arrays; expected unique names; "
-                    f"rename one of the arrays"
-                )
-            columns[column] = values
-    if next(iter(lengths.values()), 0) == 0:
-        raise _no_rows(name, "at least one row")
-    return Table(columns, source=name, row_label="row")
-
-
-def _load_npz_array(npz: Any, key: str, name: str) -> np.ndarray:
-    try:
-        return npz[key]
-    except ValueError as e:
-        if "allow_pickle" not in str(e):
-            raise _error(f"cannot read array {key!r} of {name} ({e})") from None
-        raise _error(
-            f"{name}: array {key!r} holds Python objects (dtype=object); pickled arrays are not "
-            f"loaded for safety; save numeric or string arrays instead, e.g. arr.astype(str)"
-        ) from None
-
-
-def _npz_columns(key: str, array: np.ndarray, name: str) -> list[tuple[str, np.ndarray]]:
-    # Text arrays become object arrays of str, as text from every other source.
-    def column(a: np.ndarray) -> np.ndarray:
-        return a.astype(object) if a.dtype.kind in "US" else a
-
-    if array.ndim == 1:
-        return [(key, column(array))]
-    if array.ndim == 2:  # (N, F): one column per feature
-        return [(f"{key}_{j}", column(array[:, j])) for j in range(array.shape[1])]
-    if array.ndim in (3, 4):  # (N, H, W) or (N, H, W, C): one image per row
-        return [(key, _object_array(_to_uint8_images(array, key, name)))]
-    raise _error(
-        f"{name}: array {key!r} has shape {array.shape}; expected (N,) for a column, (N, F) for F "
-        f"columns or (N, H, W[, C]) for images; reshape it before saving"
-    )
-
-
-def _to_uint8_images(array: np.ndarray, key: str, name: str) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype.kind == "f" and array.size:
-        low, high = float(array.min()), float(array.max())
-        if 0.0 <= low and high <= 1.0:  # also False for NaN
-            return np.round(array * 255).astype(np.uint8)
-        found = f"dtype {array.dtype} with values in [{low:g}, {high:g}]"
-    else:
-        found = f"dtype {array.dtype}"
-    raise _error(
-        f"{name}: image array {key!r} has {found}; expected uint8 pixels 0..255 or floats in "
-        f"[0, 1]; convert it before saving, e.g. arr.clip(0, 255).astype(np.uint8)"
-    )
-
-
 # --- image folders -----------------------------------------------------------------------------
 
 
@@ -451,5 +369,5 @@ _JSONL = (".jsonl", ".ndjson")
 
 _READERS: dict[str, Callable[[Path, str], Table]] = {
     ".parquet": _read_parquet,
-    ".npz": _read_npz,
+    ".npz": read_npz,  # npz.py: which arrays become columns, sequences or images
 }

@@ -5,7 +5,9 @@ Each column is a 1-D numpy array with one entry per row:
 - text fields (CSV/TSV cells, JSONL strings) are object arrays of `str`;
 - a missing value is `None` in an object array or NaN in a float array;
 - an image is either a path (`str`) to a PNG/JPEG file or an already-decoded `np.ndarray` of
-  uint8 pixels shaped (H, W) or (H, W, C).
+  uint8 pixels shaped (H, W) or (H, W, C);
+- a numeric sequence is a JSON-array string, a list, or an `np.ndarray` of numbers shaped (L,)
+  or — floats only, so it cannot be taken for an image — (L, C) (.npz arrays, see npz.py).
 
 Values are not parsed here: preprocessing parses and checks them, and uses `row_ref` to name the
 file and line of a bad value.

@@ -232,7 +232,7 @@ def test_npz_errors(tmp_path):
         read_table("obj.npz", base_dir=tmp_path)
     assert_one_line_error(excinfo, "obj.npz", "'x'", "not loaded for safety")
 
-    np.savez(tmp_path / "img.npz", x=np.full((2, 4, 4), 7.0))
+    np.savez(tmp_path / "img.npz", x=np.full((2, 4, 4, 1), 7.0))
     with pytest.raises(DataError) as excinfo:
         read_table("img.npz", base_dir=tmp_path)
     assert_one_line_error(excinfo, "img.npz", "'x'", "uint8", "[0, 1]")
