@@ -52,6 +52,7 @@ class ShuttingDown(Exception):
 class BatchMetrics(Protocol):
     def observe_batch(self, model: str, rows: int, requests: int, seconds: float) -> None: ...
     def set_queue_depth(self, model: str, depth: int) -> None: ...
+    def add_truncated(self, model: str, column: str, rows: int) -> None: ...
 
 
 @dataclass(eq=False)
@@ -238,6 +239,9 @@ class Batcher:
                 continue
             try:
                 encoded.append((job, self.model.encode(job.records, SOURCE)))
+                if self.metrics is not None:  # cut, never silently: counted per column
+                    for column, rows in self.model.last_truncated.items():
+                        self.metrics.add_truncated(self.name, column, rows)
             except ForgeError as exc:  # a bad value in this request only
                 message = " ".join(str(exc).split())
                 _settle(

@@ -11,6 +11,7 @@
     forgeml_model_ready{model}                             1 once loaded and warmed up
     forgeml_generated_tokens_total{model}                  tokens generated (language models)
     forgeml_time_to_first_token_seconds{model}             request start -> first generated text
+    forgeml_truncated_inputs_total{model, column}          texts/sequences cut to max_length
 
 `route` is the route template (`/v2/models/{name}/infer`), never the raw path, and `model` only
 ever a served model's name, so a client cannot create new series.
@@ -110,6 +111,12 @@ class ServeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.truncated = Counter(
+            "forgeml_truncated_inputs",
+            "Texts and sequences longer than their column's max_length, cut as in training",
+            ["model", "column"],
+            registry=registry,
+        )
         for name in models:
             self.queue_depth.labels(name).set(0)
             self.model_ready.labels(name).set(0)
@@ -125,6 +132,9 @@ class ServeMetrics:
 
     def set_queue_depth(self, model: str, depth: int) -> None:
         self.queue_depth.labels(model).set(depth)
+
+    def add_truncated(self, model: str, column: str, rows: int) -> None:
+        self.truncated.labels(model, column).inc(rows)  # column: one of the run's own features
 
     def add_generated_tokens(self, model: str, tokens: int) -> None:  # generation.py
         self.generated_tokens.labels(model).inc(tokens)

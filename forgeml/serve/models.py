@@ -60,6 +60,7 @@ class ServedModel:
             )
         self.predictor: Any = None  # forgeml.predict.Predictor once loaded
         self.columns: list[InputColumn] = []
+        self.last_truncated: dict[str, int] = {}
 
     @property
     def loaded(self) -> bool:
@@ -112,7 +113,12 @@ class ServedModel:
         from forgeml.predict import records_to_table
 
         table = records_to_table(list(records), source=source)
-        inputs, _ = self.predictor.preprocessor.transform(table, with_target=False)
+        pre = self.predictor.preprocessor
+        inputs, _ = pre.transform(table, with_target=False)
+        # Rows of each text/sequence column cut to max_length by this call (for /metrics).
+        self.last_truncated = {
+            f.name: pre.truncated[f.name] for f in pre.features if pre.truncated.get(f.name)
+        }
         return inputs
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -21,12 +21,16 @@ from forgeml.serve.values import RequestError
 class Recorder:
     def __init__(self) -> None:
         self.batches: list[tuple[int, int]] = []
+        self.truncated: dict[str, int] = {}
 
     def observe_batch(self, model: str, rows: int, requests: int, seconds: float) -> None:
         self.batches.append((rows, requests))
 
     def set_queue_depth(self, model: str, depth: int) -> None:
         pass
+
+    def add_truncated(self, model: str, column: str, rows: int) -> None:
+        self.truncated[column] = self.truncated.get(column, 0) + rows
 
 
 def locate(row: int, column: str) -> str:
@@ -87,6 +91,18 @@ def test_merged_requests_get_their_own_predictions(runs: Runs) -> None:
             got, [list(e["probabilities"].values()) for e in expected], atol=1e-6
         )
     assert metrics.batches == [(4, 3)]  # one forward: 4 rows of the 3 good requests
+    assert metrics.truncated == {}  # short texts: nothing cut
+
+
+def test_texts_cut_to_max_length_are_counted(runs: Runs) -> None:
+    batcher, metrics = started(runs.reviews, max_delay_s=0.0)
+    long_text = " ".join(["great"] * 400)  # max_length 256 (the default)
+    records = [{"review": long_text}, {"review": "fine"}, {"review": long_text}]
+    try:
+        asyncio.run(batcher.submit(records, locate, 10))
+    finally:
+        batcher.close(5)
+    assert metrics.truncated == {"review": 2}
 
 
 def test_a_lone_request_does_not_wait_for_company(runs: Runs) -> None:
