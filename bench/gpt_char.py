@@ -17,9 +17,9 @@ reference validation loss is about 1.88.
 Every model is then scored the same way, here: the mean loss on 2,000 blocks spread evenly over
 the validation tail (the last 10% of the text). Time is wall clock of the whole training (for
 forgeml: the whole command, with start-up, tokenising, evaluations, samples, checkpoints and
-the final evaluation). Variants alternate when repeated.
+the final evaluation). Variants alternate between seeds; MFU is over wall time (a lower bound).
 
-    .venv/bin/python bench/gpt_char.py [--repeats 1] [--steps 2000]
+    .venv/bin/python bench/gpt_char.py [--seeds 1337 1 2] [--steps 2000]
 """
 
 from __future__ import annotations
@@ -104,9 +104,9 @@ class NanoGPT(nn.Module):
 
 
 def reference(
-    train: np.ndarray, val: np.ndarray, vocab: int, steps: int
+    train: np.ndarray, val: np.ndarray, vocab: int, steps: int, seed: int
 ) -> tuple[float, nn.Module]:
-    torch.manual_seed(1337)
+    torch.manual_seed(seed)
     model = NanoGPT(vocab)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
@@ -158,10 +158,10 @@ def reference(
 # --------------------------------------------------------------------------- forgeml
 
 
-def forgeml_run(out: Path, steps: int, precision: str) -> tuple[float, nn.Module]:
+def forgeml_run(out: Path, steps: int, precision: str, seed: int) -> tuple[float, nn.Module]:
     command = [
         sys.executable, "-m", "forgeml", "train", "configs/gpt-char.yaml", "--quiet",
-        f"train.max_steps={steps}", f"train.precision={precision}",
+        f"train.max_steps={steps}", f"train.precision={precision}", f"seed={seed}",
         f"output.dir={out}", f"output.name=gpt-char-{precision}", "output.overwrite=true",
     ]  # fmt: skip
     # Tokenise once before timing (a warm token cache, as the reference's prepared train.bin).
@@ -192,7 +192,7 @@ def score(model: nn.Module, val: np.ndarray, blocks: int = 2000) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1337])
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     text = DATA.read_text(encoding="utf-8")
@@ -203,6 +203,13 @@ def main() -> None:
     train = np.array([stoi[c] for c in text[:cut]], dtype=np.uint16)
     val = np.array([stoi[c] for c in text[cut:]], dtype=np.uint16)
 
+    from forgeml.lm.train import measured_peaks
+    from forgeml.models.gpt import GPT, GPTConfig
+
+    shape = GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=BLOCK, bias=False)
+    flops = GPT(shape.model_copy(update={"vocab_size": len(chars)})).flops_per_token()
+    peaks = measured_peaks()
+
     results: dict[str, list[tuple[float, float]]] = {
         "reference fp32": [],
         "forgeml fp32": [],
@@ -210,16 +217,19 @@ def main() -> None:
     }
     load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
-        for repeat in range(args.repeats):
+        for repeat, seed in enumerate(args.seeds):
             order = list(results)
             order = order[repeat % 3 :] + order[: repeat % 3]
             for name in order:
                 if name.startswith("reference"):
-                    seconds, model = reference(train, val, len(chars), args.steps)
+                    seconds, model = reference(train, val, len(chars), args.steps, seed)
                 else:
-                    seconds, model = forgeml_run(Path(tmp), args.steps, name.split()[1])
+                    seconds, model = forgeml_run(Path(tmp), args.steps, name.split()[1], seed)
                 results[name].append((seconds, score(model, val)))
-                print(f"{name}: {seconds:.1f} s, val loss {results[name][-1][1]:.4f}", flush=True)
+                print(
+                    f"{name} seed {seed}: {seconds:.1f} s, val loss {results[name][-1][1]:.4f}",
+                    flush=True,
+                )
     load.append(os.getloadavg()[0])
 
     tokens = args.steps * BATCH * BLOCK
@@ -227,18 +237,37 @@ def main() -> None:
     print(
         f"\ntorch {torch.__version__}, {THREADS} threads, load average {load[0]:.1f} -> {load[1]:.1f}"
     )
-    print(f"{args.steps} steps x {BATCH} x {BLOCK} = {tokens:,} tokens; {args.repeats} repeat(s)\n")
     print(
-        "| run | wall s (median) | ms / step | tokens/s | val loss (2,000 blocks) | time vs reference |"
+        f"{args.steps} steps x {BATCH} x {BLOCK} = {tokens:,} tokens; seeds {args.seeds}; "
+        f"{flops / 1e6:.2f} MFLOPs per token (training); matmul peak fp32 "
+        f"{peaks['fp32'] / 1e9:.0f}, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s\n"
     )
-    print("|---|---|---|---|---|---|")
+    print(
+        "| run | wall s (median) | ms / step | tokens/s | MFU (wall) | val loss (2,000 blocks) "
+        "| val loss per seed | time vs reference |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name, rows in results.items():
         seconds = statistics.median(s for s, _ in rows)
         loss = statistics.median(v for _, v in rows)
+        peak = peaks["bf16" if "bf16" in name else "fp32"]
+        per_seed = ", ".join(f"{v:.3f}" for _, v in rows)
         print(
             f"| {name} | {seconds:.1f} | {seconds / args.steps * 1e3:.1f} | {tokens / seconds:,.0f} "
-            f"| {loss:.4f} | {seconds / ref:.2f} |"
+            f"| {flops * tokens / seconds / peak:.1%} | {loss:.4f} | {per_seed} | {seconds / ref:.2f} |"
         )
+    best = min(
+        (n for n in results if n.startswith("forgeml")),
+        key=lambda n: statistics.median(s for s, _ in results[n]),
+    )
+    seconds = statistics.median(s for s, _ in results[best])
+    loss = statistics.median(v for _, v in results[best])
+    ref_loss = statistics.median(v for _, v in results["reference fp32"])
+    print(
+        f"\nfastest forgeml ({best}): {seconds / ref:.2f}x the reference's time (target <= 0.5), "
+        f"val loss {loss:.4f} vs the reference's {ref_loss:.4f} (target: the same loss; the "
+        "issue's bar 1.88 is nanoGPT's estimate on 240 random blocks)"
+    )
     print(json.dumps({k: v for k, v in results.items()}))
 
 

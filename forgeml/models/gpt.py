@@ -123,9 +123,11 @@ class CausalSelfAttention(nn.Module):
             k = apply_rotary(k, *rotary)
         if cache is None:
             # Training and plain forwards: T queries over the same T keys, top-left causal.
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-            )
+            dropout = self.dropout if self.training else 0.0
+            if x.device.type == "cpu" and t <= _explicit_attention_max_len(q.dtype):
+                y = _explicit_causal_attention(q, k, v, dropout)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
             k_cache, v_cache, start = cache  # (B, H, max_len, head_dim) each, this layer's
             end = start + t
@@ -140,6 +142,29 @@ class CausalSelfAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
         y = y.transpose(1, 2).reshape(b, t, c)  # (B, H, T, head_dim) -> (B, T, C)
         return self.resid_drop(self.proj(y))
+
+
+# Up to these context lengths, causal attention on CPU is faster as two matmuls and a masked
+# softmax than torch's CPU flash-attention kernel, forward + backward (2 threads, B*H 48-96,
+# head dim 32-64; bench/RESULTS.md "attention on CPU"): fp32 1.4x at T=64 but slower at 256;
+# bf16 5x at T=64, 2.3x at 256, even at 512, slower at 1024.
+_EXPLICIT_MAX_LEN = {torch.float32: 128, torch.bfloat16: 256}
+
+
+def _explicit_attention_max_len(dtype: torch.dtype) -> int:
+    return _EXPLICIT_MAX_LEN.get(dtype, 0)
+
+
+def _explicit_causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout: float) -> Tensor:
+    """softmax(q k^T / sqrt(d) + causal mask) v for (B, H, T, D) q, k, v: what SDPA computes
+    with is_causal=True (softmax accumulates in fp32 for bf16, as SDPA's kernels do)."""
+    t = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, T)
+    future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu_(1)
+    weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    if dropout > 0.0:
+        weights = F.dropout(weights, dropout)
+    return weights @ v  # (B, H, T, D)
 
 
 def _one_query_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -> Tensor:
