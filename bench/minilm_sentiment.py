@@ -9,9 +9,9 @@ it (so 2,160 training sentences) for early stopping on val_loss, and is scored o
 (loading the checkpoint, training, per-epoch validation, final evaluation, plots).
 
 `--lora` adds configs/finetune-lora.yaml (rank-8 adapters, merged on save) on the same splits.
-Results go to stdout and, as a Markdown section, to bench/results/minilm.md.
+Results go to stdout as a Markdown section (for bench/RESULTS.md); `--output FILE` also writes it.
 
-    .venv/bin/python bench/minilm_sentiment.py [--seeds 0,1,2] [--lora] [--epochs N]
+    .venv/bin/python bench/minilm_sentiment.py [--seeds 0,1,2] [--lora] [--epochs N] [--output F]
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from forgeml.data.sources import read_table  # noqa: E402
 DATA = Path("../shared/data/sentiment")
 FILES = ("amazon_cells", "imdb", "yelp")
 TEXT, TARGET = "reviews", "sentiment"
-RESULTS = Path("bench/results/minilm.md")
 CONFIGS = {
     "MiniLM-L6 fine-tuned (configs/minilm-sentiment.yaml)": "configs/minilm-sentiment.yaml",
 }
@@ -91,6 +90,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--lora", action="store_true", help="add configs/finetune-lora.yaml")
     parser.add_argument("--epochs", type=int, help="override train.max_epochs")
+    parser.add_argument("--output", type=Path, default=None, help="also write the report here")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = [f"train.max_epochs={args.epochs}"] if args.epochs else []
@@ -121,8 +121,9 @@ def main() -> None:
                 )
     report = markdown(results, seeds, args)
     print(report)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(report, encoding="utf-8")
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report, encoding="utf-8")
 
 
 def markdown(results: dict[str, dict[int, dict]], seeds: list[int], args) -> str:

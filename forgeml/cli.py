@@ -67,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run from its newest valid checkpoint, or from CHECKPOINT",
     )
 
+    add_trust_pickle(p)
+
     p = sub.add_parser("validate", help="check a config and its data without training")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
+    add_trust_pickle(p)
 
     p = sub.add_parser("evaluate", help="metrics of a saved run on labelled data")
     p.add_argument("run_dir")
@@ -93,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_trust_pickle(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help=(
+            "model.name=pretrained: also load pickle-only weights (pytorch_model.bin), which can "
+            "run code when loaded; only for checkpoints you trust (same as model.trust_pickle=true)"
+        ),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -101,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "trust_pickle", False):
+        args.overrides.append("model.trust_pickle=true")  # explicit, on this command line only
     try:
         return COMMANDS[args.command](args)
     except ForgeError as exc:

@@ -23,7 +23,12 @@ is written. TorchScript: `torch.jit.trace`, checked the same way.
 Trace-based capture (torch.jit.trace, the TorchScript-based ONNX exporter) records Python
 branches on shapes as they went for the example batch (cnn1d pools pad an odd L, for one). So
 those exports pad every text/sequence input to its column's max_length inside the graph: the
-model sees one L, and the models are built so that padding never changes a row's output.
+model sees one L, and the models are built so that padding never changes a row's output. Where
+a module still traces wrong (an RNN's last state, a pretrained classifier's input ids), it is
+traced through a stand-in from forgeml/export_trace.py.
+
+Language-model runs (task language_modeling) go to forgeml/export_lm.py: tokens (B, T) in,
+logits (B, T, V) out, with the tokenizer; runs of your own nn.Module need `module=`.
 
 onnx / onnxruntime / onnxscript (the `export` extra) are imported only when ONNX is used.
 """
@@ -31,7 +36,6 @@ onnx / onnxruntime / onnxscript (the `export` extra) are imported only when ONNX
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import os
@@ -50,11 +54,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from forgeml.artifact import MANIFEST, read_manifest, sha256_file, versions, write_json
 from forgeml.data.schema import InputSpec
 from forgeml.errors import ConfigError, DataError, ForgeError
+from forgeml.export_trace import for_torchscript_onnx, for_tracing
 
 FORMATS = ("onnx", "torchscript")
 FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
@@ -67,6 +71,7 @@ CHECK_ROWS = 64  # rows of the run's data the export is checked on
 EXAMPLE_ROWS = 8  # rows of the example batch the export is traced with
 COPIED = ("config.yaml", "preprocess", MANIFEST)  # from the run, for the preprocessing
 INSTALL_HINT = "install the export extra: pip install 'forgeml[export]'"
+LM_TASK = "language_modeling"  # forgeml/export_lm.py exports these runs
 
 Log = Callable[[str], None]
 
@@ -152,58 +157,6 @@ def pad_batch(batch: Mapping[str, Tensor], slots: Sequence[InputSlot]) -> dict[s
             extra = slot.max_length - x.shape[1]
             out[slot.key] = F.pad(x, (0, 0, 0, extra) if x.dim() == 3 else (0, extra))
     return out
-
-
-# --------------------------------------------------------------------------- rnn for ONNX
-
-
-class _FinalStateFromOutputs(nn.Module):
-    """An `RNNEncoder` with pooling "last", computing its h_n from the per-step outputs.
-
-    The TorchScript-based ONNX exporter crashes (vector::_M_range_check in its peephole pass) on
-    a packed single-layer RNN whose per-step output is unused, which is what pooling "last"
-    does; with the output used it exports packing correctly. The top layer's final states are
-    in its outputs: the forward direction's at each row's last real step, the backward one's at
-    step 0 (it reads the row from its last real step down to 0). The export check compares the
-    result with the eager RNNEncoder, so this can never ship a different model.
-    """
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.rnn = encoder.rnn
-        self.directions = encoder.directions
-        self.out_dim = encoder.out_dim
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        from forgeml.models.sequence import pool_last
-
-        lengths = mask.sum(dim=1).cpu()  # (B,)
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        output, _ = self.rnn(packed)
-        # (B, L, directions * H), zeros at padded steps
-        output, _ = pad_packed_sequence(output, batch_first=True, total_length=mask.shape[1])
-        last = pool_last(output, mask)  # (B, directions * H): the forward final state first
-        if self.directions == 1:
-            return last
-        hidden = self.rnn.hidden_size
-        return torch.cat([last[:, :hidden], output[:, 0, hidden:]], dim=1)  # (B, 2H)
-
-
-def _for_torchscript_onnx(model: nn.Module) -> nn.Module:
-    """`model`, or a copy with every pooling-"last" RNNEncoder as `_FinalStateFromOutputs`."""
-    from forgeml.models.rnn import RNNEncoder
-
-    def swapped(m: nn.Module) -> bool:
-        return isinstance(m, RNNEncoder) and m.pooling is None
-
-    if not any(swapped(m) for m in model.modules()):
-        return model
-    model = copy.deepcopy(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if swapped(child):
-                setattr(parent, name, _FinalStateFromOutputs(child))
-    return model
 
 
 # --------------------------------------------------------------------------- check data
@@ -421,7 +374,7 @@ def _export_onnx_dynamo(
 def _export_onnx_torchscript(
     model: nn.Module, example: tuple[Tensor, ...], slots: Sequence[InputSlot], path: Path
 ) -> None:
-    wrapper = PositionalModel(_for_torchscript_onnx(model), slots, pad=True).eval()
+    wrapper = PositionalModel(for_torchscript_onnx(model), slots, pad=True).eval()
     axes: dict[str, dict[int, str]] = {}
     for slot in slots:
         axes[slot.name] = {i: str(d) for i, d in enumerate(slot.shape) if isinstance(d, str)}
@@ -455,7 +408,7 @@ def _run_onnx(path: Path, slots: Sequence[InputSlot]) -> Callable[[tuple[Tensor,
 def _export_torchscript(
     model: nn.Module, example: tuple[Tensor, ...], slots: Sequence[InputSlot], path: Path
 ) -> None:
-    wrapper = PositionalModel(model, slots, pad=True).eval()
+    wrapper = PositionalModel(for_tracing(model), slots, pad=True).eval()
     with torch.no_grad():
         traced = torch.jit.trace(wrapper, example, check_trace=False)
     torch.jit.save(traced, str(path))
@@ -509,8 +462,10 @@ def export_run(
             replaced once the new one has passed its check; any other non-empty directory is an
             error.
         data: rows to check on (a path, records or a Table); default the run's held-out split.
+            Language models: a text file, folder or glob; default the start of their corpus.
         tolerance: the largest max abs diff from the eager model's raw outputs allowed.
-        module: for runs of your own nn.Module: a fresh instance (as for `forgeml.load`).
+        module: for runs of your own nn.Module (required for them): a fresh instance of it,
+            as for `forgeml.load`.
         log: progress messages (default: none).
 
     Raises:
@@ -525,6 +480,26 @@ def export_run(
     if not (tolerance >= 0 and np.isfinite(tolerance)):
         raise ConfigError(f"export tolerance must be a number >= 0, got {tolerance!r}")
     run_dir = Path(run_dir)
+    run_manifest = read_manifest(run_dir)
+    if run_manifest.get("task") == LM_TASK:
+        from forgeml.export_lm import export_lm_run
+
+        return export_lm_run(
+            run_dir,
+            run_manifest,
+            format=format,
+            output=output,
+            data=data,
+            tolerance=tolerance,
+            log=log,
+        )
+    if run_manifest.get("model") == "custom" and module is None:
+        # The run holds the module's weights, not its class: only the caller can build it.
+        raise ForgeError(
+            f"{run_dir} was trained on your own nn.Module, which cannot be rebuilt from the run "
+            "directory alone; export it from Python with a fresh instance: from forgeml.export "
+            f"import export_run; export_run({str(run_dir)!r}, format={format!r}, module=MyNet())"
+        )
     predictor = Predictor(run_dir, module=module, precision="fp32")
     if format == "onnx":
         _need_onnx()  # before any work
@@ -535,30 +510,58 @@ def export_run(
     inputs, where = _check_inputs(predictor, data, log)
     batches = check_batches(inputs)
     example = example_batch(inputs, slots)
+    export = _export_checked_onnx if format == "onnx" else _export_checked_torchscript
 
+    def manifest_for(path: Path, exporter: str, diff: float, notes: dict[str, str]) -> dict:
+        return _export_manifest(
+            predictor, slots, format, exporter, path, diff, tolerance, where, batches, notes
+        )
+
+    return write_export(
+        run_dir,
+        out,
+        format,
+        COPIED,
+        lambda path: export(model, example, slots, batches, path, tolerance, log),
+        manifest_for,
+    )
+
+
+def write_export(
+    run_dir: Path,
+    out: Path,
+    format: str,
+    copied: Sequence[str],
+    export: Callable[[Path], tuple[str, float, dict[str, str]]],
+    manifest_for: Callable[[Path, str, float, dict[str, str]], dict[str, Any]],
+) -> ExportResult:
+    """Export into a staging directory next to `out` and move it into place once it passed.
+
+    `export(path)` writes the model file and returns (exporter, max abs diff, notes), raising
+    `_ExportFailed` when the export fails its check; the run's `copied` files and
+    `manifest_for(path, exporter, diff, notes)` as export.json then join it. On any failure
+    the staging directory goes and `out` (an earlier export in it too) is left as it was.
+    """
     earlier = (out / EXPORT_MANIFEST).is_file()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         path = staging / FILES[format]
-        export = _export_checked_onnx if format == "onnx" else _export_checked_torchscript
         try:
-            exporter, diff, notes = export(model, example, slots, batches, path, tolerance, log)
+            exporter, diff, notes = export(path)
         except _ExportFailed as exc:
             label = "ONNX" if format == "onnx" else "TorchScript"
             kept = " (its earlier export is unchanged)" if earlier else ""
             raise ForgeError(
                 f"{label} export of {run_dir} {exc}; nothing was written to {out}{kept}"
             ) from None
-        for name in COPIED:
+        for name in copied:
             source = run_dir / name
             if source.is_dir():
                 shutil.copytree(source, staging / name)
             else:
                 shutil.copy2(source, staging / name)
-        manifest = _export_manifest(
-            predictor, slots, format, exporter, path, diff, tolerance, where, batches, notes
-        )
+        manifest = manifest_for(path, exporter, diff, notes)
         write_json(staging / EXPORT_MANIFEST, manifest)
         _replace_dir(staging, out)
     except BaseException:

@@ -20,6 +20,10 @@ EXPORT_EXAMPLES = """examples:
   forgeml export runs/digits-cnn --format torchscript  # runs/digits-cnn/export/torchscript/
   forgeml export runs/digits-cnn --output deploy/digits
   forgeml predict runs/digits-cnn images/ --backend onnx
+  forgeml export runs/gpt-char                         # tokens (B, T) -> logits (B, T, V)
+
+runs of your own nn.Module export from Python (the CLI cannot build the module):
+  from forgeml.export import export_run; export_run("runs/mine", module=MyNet())
 """
 
 
@@ -29,9 +33,10 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         "export",
         help="export a saved run to ONNX or TorchScript, checked against the eager model",
         description=(
-            "Write the run's model as ONNX or TorchScript with its preprocessing metadata. The "
-            "export is run on rows of the run's own data and compared with the eager model; a "
-            f"max abs diff above --tolerance ({TOLERANCE:g}) fails and writes nothing."
+            "Write the run's model as ONNX or TorchScript with its preprocessing metadata (a "
+            "language model: with its tokenizer). The export is run on rows of the run's own "
+            "data (a language model: windows of its corpus) and compared with the eager model; "
+            f"a max abs diff above --tolerance ({TOLERANCE:g}) fails and writes nothing."
         ),
         epilog=EXPORT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -47,7 +52,8 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         metavar="FILE",
-        help="rows to check the export on; default: the run's held-out split",
+        help="rows to check the export on (a language model: a text file); default: the "
+        "run's held-out split (a language model: the start of its corpus)",
     )
     p.add_argument(
         "--tolerance",

@@ -1,6 +1,10 @@
-"""Token-level generation from a GPT: KV cache, sampling, batched prompts, stop rules, streaming.
+"""Token-level generation: KV cache, sampling, batched prompts, stop rules, streaming.
 
-Everything here works on token ids; text (tokenizers, stop strings, the CLI) sits on top.
+Everything here works on token ids; text (tokenizers, stop strings, the CLI) sits on top. One
+sampling loop drives every causal LM through a small `Decoder` adapter that owns the model's KV
+cache: `GPTDecoder` for our `gpt` (its preallocated `KVCache`), `HFDecoder`
+(forgeml/models/pretrained_lm.py) for a Hugging Face causal LM (its own cache, fed with
+attention_mask and position_ids). `generate(model, ...)` accepts either model, or a Decoder.
 
 One step of the loop, for B rows at once:
 
@@ -9,15 +13,15 @@ One step of the loop, for B rows at once:
       -> one host sync (`tolist`) to check eos / stop sequences / the caller's stop callback
       -> the new tokens (B, 1) go through the model against the KV cache -> next logits
 
-The prompt is run once (prefill) into a preallocated `KVCache`; each later step feeds one token per
-row and computes the lm_head for the last position only.
+The prompt is run once (prefill) into the KV cache; each later step feeds one token per row and
+computes the lm_head for the last position only.
 
-Prompts of different lengths are left-padded: padded slots are masked out of attention
-(`KVCache.key_mask`) and each row's positions count only its real tokens, so a row generates
-the same tokens alone or in any batch.
+Prompts of different lengths are left-padded: padded slots are masked out of attention and each
+row's positions count only its real tokens, so a row generates the same tokens alone or in any
+batch.
 
-The context never exceeds the model's `block_size`: a prompt longer than
-`block_size - max_new_tokens` keeps its last tokens (cut from the left) and the number cut is
+The context never exceeds the model's context length (GPT: `block_size`): a prompt longer than
+`context - max_new_tokens` keeps its last tokens (cut from the left) and the number cut is
 reported in `Generation.prompt_dropped`.
 """
 
@@ -25,16 +29,96 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from forgeml.errors import ConfigError
 from forgeml.models.gpt import GPT, KVCache
 
 FinishReason = Literal["eos", "stop", "length"]
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """A causal LM as the sampling loop drives it: its context and a KV cache it keeps.
+
+    The loop owns one token buffer per generation, `seq` (B, S) int64 with S = prompt width +
+    max_new_tokens: left-padded prompts, then one slot per new token, written in place. `begin`
+    hands it over; each `logits(start, end)` feeds slots [start, end) and returns the last
+    position's logits (B, 1, V). With a cache, calls cover consecutive ranges (the prefill
+    [0, width), then one slot at a time); without, the decoder recomputes slots [0, end).
+    """
+
+    module: nn.Module  # put in eval mode for the generation, its mode restored after
+    context_length: int  # the most positions (prompt + new tokens) the model attends over
+
+    def begin(
+        self, seq: Tensor, real: Tensor | None, positions: Tensor | None, use_cache: bool
+    ) -> None:
+        """Start a generation over `seq` (B, S). Padded batches also pass `real` (B, S) bool
+        (False = a padding slot) and `positions` (B, S) int64 (each slot's count of real tokens
+        before it); unpadded ones pass None for both."""
+        ...
+
+    def logits(self, start: int, end: int) -> Tensor:
+        """(B, 1, V) logits of slot end - 1 after feeding slots [start, end)."""
+        ...
+
+
+class GPTDecoder:
+    """Our `GPT` with its preallocated `KVCache` (forgeml/models/gpt.py)."""
+
+    def __init__(self, model: GPT) -> None:
+        self.module = self.model = model
+        self.context_length = int(model.config.block_size)
+
+    def begin(
+        self, seq: Tensor, real: Tensor | None, positions: Tensor | None, use_cache: bool
+    ) -> None:
+        self.seq, self.real, self.positions = seq, real, positions
+        self.cache: KVCache | None = None
+        if use_cache:
+            self.cache = self.model.new_cache(seq.shape[0], seq.shape[1], padded=real is not None)
+            if real is not None:
+                self.cache.key_mask.copy_(real)  # padded prompt slots are never attended
+
+    def logits(self, start: int, end: int) -> Tensor:
+        model, seq, positions = self.model, self.seq, self.positions
+        if self.cache is not None:
+            step = None if positions is None else positions[:, start:end]
+            return model(seq[:, start:end], self.cache, positions=step, last_only=True)
+        if positions is None:
+            return model(seq[:, :end], last_only=True)  # plain causal forward, nothing kept
+        # Padded rows need the key mask: a throwaway cache, filled by one forward over it all.
+        scratch = model.new_cache(seq.shape[0], end, padded=True)
+        scratch.key_mask.copy_(self.real[:, :end])
+        return model(seq[:, :end], scratch, positions=positions[:, :end], last_only=True)
+
+
+def as_decoder(model: nn.Module | Decoder) -> Decoder:
+    """The Decoder that drives `model`: a `GPT`, a module with a `decoder()` method (a pretrained
+    causal LM, forgeml/models/pretrained.py), a Hugging Face causal LM, or a Decoder itself.
+
+    Raises:
+        ConfigError: `model` is none of these (e.g. a text classifier).
+    """
+    if isinstance(model, Decoder):
+        return model
+    if isinstance(model, GPT):
+        return GPTDecoder(model)
+    if callable(getattr(model, "decoder", None)):
+        return model.decoder()
+    if callable(getattr(model, "get_output_embeddings", None)) and hasattr(model, "config"):
+        from forgeml.models.pretrained_lm import HFDecoder
+
+        return HFDecoder(model)
+    raise ConfigError(
+        f"cannot generate with {type(model).__name__}: expected a language model (model.name=gpt "
+        "or a pretrained model with head: causal_lm)"
+    )
 
 
 @dataclass
@@ -56,7 +140,7 @@ class Generation:
 
 
 def generate(
-    model: GPT,
+    model: nn.Module | Decoder,
     prompts: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
@@ -73,9 +157,11 @@ def generate(
     """Continue each prompt by up to `max_new_tokens` tokens.
 
     Args:
-        model: the GPT; run in eval mode for the call (its mode is restored afterwards).
+        model: a GPT, a pretrained causal LM (forgeml's `Pretrained` or the transformers
+            model), or a `Decoder`; run in eval mode for the call (its mode is restored
+            afterwards).
         prompts: token ids per row, any lengths (at least one token each).
-        max_new_tokens: the most tokens generated per row; at most `block_size - 1`.
+        max_new_tokens: the most tokens generated per row; at most the context length - 1.
         temperature: divides the logits; 0 picks the most likely token (greedy).
         top_k: sample only among the k most likely tokens.
         top_p: sample only among the smallest set of most likely tokens whose probabilities sum
@@ -116,7 +202,7 @@ def generate(
 
 
 def stream(
-    model: GPT,
+    model: nn.Module | Decoder,
     prompts: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
@@ -165,7 +251,7 @@ class TokenStream:
 
     def __init__(
         self,
-        model: GPT,
+        model: nn.Module | Decoder,
         prompts: Sequence[Sequence[int]],
         *,
         max_new_tokens: int,
@@ -179,8 +265,9 @@ class TokenStream:
         seed: int | None,
         use_cache: bool,
     ) -> None:
-        block_size = model.config.block_size
-        _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty, block_size)
+        self.decoder = as_decoder(model)
+        context = self.decoder.context_length
+        _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty, context)
         if len(prompts) == 0:
             raise ConfigError("generate got no prompts; pass at least one list of token ids")
         for i, prompt in enumerate(prompts):
@@ -191,11 +278,10 @@ class TokenStream:
                 )
         if any(len(s) == 0 for s in stop_sequences):
             raise ConfigError("stop_sequences holds an empty sequence; remove it")
-        # Room for every requested token: the prompt keeps its last block_size - max_new_tokens.
-        keep = block_size - max_new_tokens
+        # Room for every requested token: the prompt keeps its last context - max_new_tokens.
+        keep = context - max_new_tokens
         self.prompts = [list(p[-keep:]) for p in prompts]
         self.prompt_dropped = [max(0, len(p) - keep) for p in prompts]
-        self.model = model
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_k = top_k
@@ -233,7 +319,7 @@ class TokenStream:
         )
 
     def _run(self) -> Iterator[list[list[int]]]:
-        model = self.model
+        model = self.decoder.module
         was_training = model.training
         model.eval()
         try:
@@ -242,8 +328,8 @@ class TokenStream:
             model.train(was_training)
 
     def _steps_in_eval(self) -> Iterator[list[list[int]]]:
-        model, prompts, max_new = self.model, self.prompts, self.max_new_tokens
-        device = model.wte.weight.device
+        decoder, prompts, max_new = self.decoder, self.prompts, self.max_new_tokens
+        device = next(decoder.module.parameters()).device
         lengths = [len(p) for p in prompts]
         b, width = len(prompts), max(lengths)
         padded = min(lengths) < width
@@ -259,22 +345,19 @@ class TokenStream:
             # Position of each slot within its row: the count of real tokens before it (padded
             # slots get 0; they are never attended). Unpadded rows use the model's default.
             slot_positions = (real.cumsum(dim=1) - 1).clamp(min=0) if padded else None
-            seen = None
-            if self.repetition_penalty != 1.0:
-                seen = torch.zeros(b, model.config.vocab_size, dtype=torch.bool, device=device)
-                for i, prompt in enumerate(prompts):
-                    seen[i, prompt] = True
             generator = torch.Generator(device=device)
             if self.seed is None:
                 generator.seed()
             else:
                 generator.manual_seed(self.seed)
-            cache = None
-            if self.use_cache:
-                cache = model.new_cache(b, width + max_new, padded=padded)
-                if cache.key_mask is not None:
-                    cache.key_mask[:, :width] = real[:, :width]
-            logits = self._forward(seq, real, slot_positions, cache, 0, width)  # (B, 1, V)
+            decoder.begin(seq, real if padded else None, slot_positions, self.use_cache)
+            logits = decoder.logits(0, width)  # (B, 1, V)
+            seen = None
+            if self.repetition_penalty != 1.0:
+                # (B, V): V from the logits, which may be wider than the tokenizer's ids.
+                seen = torch.zeros(b, logits.shape[-1], dtype=torch.bool, device=device)
+                for i, prompt in enumerate(prompts):
+                    seen[i, prompt] = True
 
         emitted = [0] * b  # per row, how many of self.tokens[i] were yielded
         for step in range(max_new):
@@ -300,29 +383,7 @@ class TokenStream:
             slot = width + step  # where the new tokens go
             with torch.inference_mode():
                 seq[:, slot] = new
-                logits = self._forward(seq, real, slot_positions, cache, slot, slot + 1)
-
-    def _forward(
-        self,
-        seq: Tensor,
-        real: Tensor,
-        slot_positions: Tensor | None,
-        cache: KVCache | None,
-        start: int,
-        end: int,
-    ) -> Tensor:
-        """Last-position logits (B, 1, V) after feeding slots [start, end) (all of [0, end)
-        without a cache)."""
-        model = self.model
-        if cache is not None:
-            positions = None if slot_positions is None else slot_positions[:, start:end]
-            return model(seq[:, start:end], cache, positions=positions, last_only=True)
-        if slot_positions is None:
-            return model(seq[:, :end], last_only=True)  # plain causal forward, nothing kept
-        # Padded rows need the key mask: a throwaway cache, filled by one forward over it all.
-        scratch = model.new_cache(seq.shape[0], end, padded=True)
-        scratch.key_mask.copy_(real[:, :end])
-        return model(seq[:, :end], scratch, positions=slot_positions[:, :end], last_only=True)
+                logits = decoder.logits(slot, slot + 1)
 
     def _accept(self, i: int, token: int, last_step: bool) -> int:
         """Record row i's new token; return how many of its tokens are now final."""
@@ -409,13 +470,12 @@ def _check_settings(
     top_k: int | None,
     top_p: float | None,
     repetition_penalty: float,
-    block_size: int,
+    context: int,
 ) -> None:
-    if not 1 <= max_new_tokens < block_size:
+    if not 1 <= max_new_tokens < context:
         raise ConfigError(
-            f"max_new_tokens={max_new_tokens} must be between 1 and block_size - 1 = "
-            f"{block_size - 1} (the prompt needs at least one of the model's {block_size} "
-            "positions)"
+            f"max_new_tokens={max_new_tokens} must be between 1 and the context - 1 = "
+            f"{context - 1} (the prompt needs at least one of the model's {context} positions)"
         )
     if temperature < 0:
         raise ConfigError(f"temperature={temperature} must be >= 0 (0 is greedy)")

@@ -172,7 +172,7 @@ def test_a_long_prompt_is_cut_from_the_left_and_reported() -> None:
 
 def test_bad_settings_are_refused() -> None:
     model = tiny(block_size=16)
-    with pytest.raises(ConfigError, match="block_size - 1 = 15"):
+    with pytest.raises(ConfigError, match="context - 1 = 15"):
         generate(model, [[1]], max_new_tokens=16)
     with pytest.raises(ConfigError, match="prompt 1 is empty"):
         generate(model, [[1], []], max_new_tokens=4)

@@ -193,3 +193,11 @@ def test_bad_inputs_are_clear_errors() -> None:
         model.fit(np.zeros((5, 2)), np.zeros(4), epochs=1, verbose=False)
     with pytest.raises(DataError, match="outside"):
         model.fit(np.full((4, 8, 8), 3.0), np.arange(4) % 2, epochs=1, verbose=False)
+
+
+def test_a_binary_task_on_a_module_with_two_outputs_says_what_shape_it_needs() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 10)).astype(np.float32), rng.integers(0, 2, 32)
+    two = nn.Sequential(nn.Linear(10, 2))  # two logits, but the labels are binary
+    with pytest.raises(ConfigError, match=r"returned \(\d+, 2\); make its last layer output 1"):
+        forgeml.Model(two).compile().fit(x, y, epochs=1, verbose=False)

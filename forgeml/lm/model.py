@@ -43,7 +43,8 @@ class LanguageModel:
     """A language model and its tokenizer, ready to generate.
 
     Args:
-        model: a forgeml `GPT` (anything with its `forward(idx, past, ...)` and `new_cache`).
+        model: a forgeml `GPT`, a pretrained causal LM (`Pretrained` with head causal_lm), or
+            anything else forgeml/generation.py's `as_decoder` accepts.
         tokenizer: the run's tokenizer.
         name: how the server lists the model.
     """
@@ -51,14 +52,19 @@ class LanguageModel:
     task = TASK
 
     def __init__(self, model: nn.Module, tokenizer: LMTokenizer, *, name: str = "model") -> None:
+        from forgeml.generation import as_decoder
+
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
-        self.context_length = int(model.config.block_size)
+        self.context_length = as_decoder(model).context_length
 
     @classmethod
     def load(cls, run_dir: str | Path, *, precision: str = "fp32") -> LanguageModel:
         """Load a run that `forgeml train` wrote for a `data.corpus` config.
+
+        Only the run directory is read: a pretrained causal LM is rebuilt from RUN/pretrained/
+        (config.json as trained), never from the checkpoint `model.path` named.
 
         `precision`: "fp32", or "bf16" (weights cast to bfloat16: faster decoding on CPUs with
         AVX512-BF16/AMX and on GPUs, with slightly different numbers).
@@ -75,7 +81,7 @@ class LanguageModel:
             raise ConfigError(f"precision {precision!r}: expected fp32 or bf16")
         cfg = load_config(read_config_dict(run_dir))
         tokenizer = LMTokenizer.from_file(run_dir / "tokenizer", kind=manifest["tokenizer"])
-        model = build_lm(cfg, tokenizer.vocab_size)
+        model = build_lm(cfg, tokenizer.vocab_size, run_dir=run_dir)
         load_weights(run_dir, manifest, model)
         model = model.to(pick_device())
         if precision == "bf16":

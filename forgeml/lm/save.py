@@ -43,6 +43,10 @@ def save_lm_run(
             "precision": result.precision,
         },
     )
+    if hasattr(model, "save_to_run"):
+        # A pretrained causal LM keeps its config.json and tokenizer files in RUN/pretrained/
+        # (loading never reads model.path again); with lora.merge the adapters are merged.
+        weights = model.save_to_run(run_dir.path, weights)
     sha = run_dir.save_weights(weights)
     plot_lm_history(result.history, run_dir.path / "training_curves.png")
     manifest = {

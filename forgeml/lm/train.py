@@ -43,8 +43,12 @@ def lm_loss(outputs: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), target.reshape(-1))
 
 
-def build_lm(cfg: Config, vocab_size: int) -> nn.Module:
-    """The model of `cfg.model` for a tokenizer of `vocab_size` ids, seeded by `cfg.seed`."""
+def build_lm(cfg: Config, vocab_size: int, *, run_dir: Path | None = None) -> nn.Module:
+    """The model of `cfg.model` for a tokenizer of `vocab_size` ids, seeded by `cfg.seed`.
+
+    `run_dir`: rebuilding the model of this finished run (weights loaded next): a pretrained
+    causal LM is then built from the files the run keeps (RUN/pretrained/), never `model.path`.
+    """
     torch.manual_seed(cfg.seed)
     if cfg.model.name == "gpt":
         from forgeml.models.gpt import build_gpt
@@ -52,7 +56,15 @@ def build_lm(cfg: Config, vocab_size: int) -> nn.Module:
         return build_gpt(cfg.model, vocab_size)
     from forgeml.models.registry import build_model
 
-    return build_model(cfg.model, None)  # a pretrained causal LM: its own vocabulary
+    model = build_model(cfg.model, None, run_dir=run_dir)  # a pretrained causal LM
+    rows = model.model.get_input_embeddings().num_embeddings
+    if vocab_size > rows:
+        raise ConfigError(
+            f"the tokenizer has {vocab_size:,} ids but model.path {cfg.model.path} embeds only "
+            f"{rows:,}; use the checkpoint's own tokenizer (data.corpus.tokenizer=pretrained, "
+            "no data.corpus.tokenizer_path)"
+        )
+    return model
 
 
 def context_length(model: nn.Module) -> int:
@@ -82,7 +94,7 @@ def train_lm(
             f"data.corpus.block_size={corpus_cfg.block_size} is larger than the model's "
             f"context of {model_block} positions; lower it or raise model.block_size"
         )
-    pretrained = getattr(cfg.model, "path", None)
+    pretrained = _pretrained_path(cfg)
     cache = Path(corpus_cfg.cache_dir or Path(cfg.output.dir) / ".cache")
     load = lambda build: load_corpus(  # noqa: E731
         cfg.data.source,
@@ -181,7 +193,7 @@ def train_lm(
 
 def validate_lm(cfg: Config, log: Callable[[str], None]) -> str:
     """What `forgeml validate` says of a language-model config: corpus, tokenizer, model."""
-    pretrained = getattr(cfg.model, "path", None)
+    pretrained = _pretrained_path(cfg)
     corpus = load_corpus(
         cfg.data.source,
         cfg.data.val_source,
@@ -211,6 +223,24 @@ def validate_lm(cfg: Config, log: Callable[[str], None]) -> str:
 
 def _has(tokens) -> bool:
     return tokens is not None and len(tokens) > 0
+
+
+def _pretrained_path(cfg: Config) -> str | None:
+    """model.path of a pretrained causal LM (its tokenizer.json is the corpus's), else None.
+
+    Raises:
+        ConfigError: a pretrained model with a char or bpe corpus tokenizer, whose ids would
+            mean nothing to the checkpoint's embeddings.
+    """
+    if cfg.model.name != "pretrained":
+        return None
+    kind = cfg.data.corpus.tokenizer
+    if kind != "pretrained":
+        raise ConfigError(
+            f"data.corpus.tokenizer={kind}: model.name=pretrained reads text with its "
+            "checkpoint's own tokenizer; set data.corpus.tokenizer=pretrained"
+        )
+    return cfg.model.path
 
 
 class Throughput:
@@ -278,16 +308,12 @@ class Sampler:
                 ) from None
 
     def on_eval_end(self, row: dict[str, Any]) -> None:
-        if (
-            row["split"] != "val"
-            or not self.cfg.sample_tokens
-            or not hasattr(self.model, "new_cache")
-        ):
+        if row["split"] != "val" or not self.cfg.sample_tokens:
             return
         from forgeml.generation import generate
 
         prompt = self.prompt or [self.tokenizer.eos_id or 0]
-        room = self.model.config.block_size - 1
+        room = context_length(self.model) - 1
         out = generate(
             self.model,
             [prompt],

@@ -23,7 +23,8 @@ Heads (`transformers` Auto classes, so any architecture they know works):
   (its pooling, e.g. mean) by a new Linear; any other directory as
   `AutoModelForSequenceClassification(num_labels=out_dim)`, with its architecture's own head
   (BERT: [CLS] -> pooler -> Linear; GPT-2: the last real token).
-- causal_lm: `AutoModelForCausalLM`; forward {"tokens": (B, T)} -> (B, T, V) logits (forgeml/lm/).
+- causal_lm: `AutoModelForCausalLM`; forward {"tokens": (B, T)} -> (B, T, V) logits (forgeml/lm/);
+  `decoder()` is what forgeml/generation.py samples through (forgeml/models/pretrained_lm.py).
 
 LoRA goes through `peft`: only the adapters and the classification head train. The run
 directory keeps the checkpoint's config.json and tokenizer files in RUN/pretrained/ and every
@@ -38,6 +39,7 @@ import importlib.util
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,7 +155,8 @@ class Pretrained(nn.Module):
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         if self.head == "causal_lm":
-            return self.model(input_ids=inputs["tokens"]).logits  # (B, T, V)
+            # No KV cache in training: transformers would build one per forward for nothing.
+            return self.model(input_ids=inputs["tokens"], use_cache=False).logits  # (B, T, V)
         ids, attention = self.encoder_inputs(inputs)
         out = self.model(input_ids=ids, attention_mask=attention)
         if self.classifier is None:
@@ -167,6 +170,18 @@ class Pretrained(nn.Module):
         else:  # cls: the first token's state
             pooled = hidden[:, 0]
         return self.classifier(self.dropout(pooled))  # (B, out_dim)
+
+    def decoder(self):
+        """The adapter forgeml/generation.py samples through (causal_lm only): the
+        checkpoint's own forward and KV cache (forgeml/models/pretrained_lm.py)."""
+        from forgeml.models.pretrained_lm import HFDecoder
+
+        if self.head != "causal_lm":
+            raise ConfigError(
+                f"model.head={self.head} does not generate text; generation needs a pretrained "
+                "model with head: causal_lm"
+            )
+        return HFDecoder(self.model, module=self, context_length=self.context_length)
 
     def encoder_inputs(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The checkpoint's input_ids and attention_mask, each (B, P + L + S), for a batch.
@@ -520,7 +535,7 @@ def _check_files(folder: Path, trust_pickle: bool) -> None:
     if pickled and not trust_pickle:
         raise ConfigError(
             f"model.path {folder} has only pickle weights ({pickled[0]}), which can run code "
-            "when loaded; convert them to model.safetensors, or set model.trust_pickle=true if "
+            "when loaded; convert them to model.safetensors, or pass --trust-pickle (model.trust_pickle=true) if "
             "you trust where they came from"
         )
     if not pickled:
@@ -643,7 +658,12 @@ def _wrap_lora(model: nn.Module, lora: LoRAConfig, head: str, pooling: str | Non
         target_modules=lora.target_modules,
     )
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # Noise on every load, nothing to act on: peft switches GPT-2's Conv1D to
+            # fan_in_fan_out itself, and reads a property transformers 5 deprecates.
+            warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            return get_peft_model(model, config)
     except ValueError as exc:  # e.g. no default target modules known for this architecture
         raise ConfigError(
             f"model.lora: peft cannot adapt {type(model).__name__} ({_one_line(exc)}); set "

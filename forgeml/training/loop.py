@@ -216,6 +216,7 @@ def fit(
         batches_per_epoch=batches_per_epoch,
         quiet=quiet,
         total=min(cfg.max_epochs * batches_per_epoch, total_steps * accum),
+        max_steps=total_steps if total_steps < steps_per_epoch else None,
     )
     eval_batch_size = cfg.eval_batch_size or 4 * batch_size
 
@@ -326,6 +327,7 @@ def fit(
                         loss=loss.item(),
                         samples_per_s=rate,
                         extra=log_extras(rate) if log_extras is not None else "",
+                        step=state.step,
                     )
                 if (
                     cfg.eval_every_steps

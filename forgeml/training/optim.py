@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from forgeml.config import LossConfig, OptimizerConfig, SchedulerConfig
+from forgeml.errors import ConfigError
 
 
 def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -98,6 +99,12 @@ def build_loss(cfg: LossConfig, task: str, class_weights: Tensor | None = None):
     if task == "binary":
 
         def binary(outputs: Tensor, target: Tensor) -> Tensor:
+            if outputs.ndim != 2 or outputs.shape[1] != 1:  # shapes are on the host: no sync
+                raise ConfigError(
+                    f"a binary task needs one logit per row, outputs (batch, 1); the model "
+                    f"returned {tuple(outputs.shape)}; make its last layer output 1 (its sigmoid "
+                    "is the probability of the positive class)"
+                )
             weight = class_weights[target] if class_weights is not None else None
             return F.binary_cross_entropy_with_logits(
                 outputs.squeeze(1), target.to(outputs.dtype), weight=weight

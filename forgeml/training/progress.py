@@ -40,8 +40,12 @@ class TrainingProgress:
         batches_per_epoch: int,
         quiet: bool = False,
         total: int | None = None,
+        max_steps: int | None = None,
     ) -> None:
         self.console = console
+        # Runs that stop by step count inside the first epoch (language models: one "epoch" is
+        # every block start) count steps in the plain log line, not batches of an epoch.
+        self.max_steps = max_steps
         self.max_epochs = max_epochs
         self.batches_per_epoch = batches_per_epoch
         self.quiet = quiet
@@ -79,7 +83,14 @@ class TrainingProgress:
             self._bar.advance(self._task, batches)
 
     def log_step(
-        self, *, epoch: int, batch: int, loss: float, samples_per_s: float, extra: str = ""
+        self,
+        *,
+        epoch: int,
+        batch: int,
+        loss: float,
+        samples_per_s: float,
+        extra: str = "",
+        step: int | None = None,
     ) -> None:
         """Called every `log_every_steps` optimizer steps with already-synced floats; `extra`
         is appended to the plain line (language models: tokens/s and MFU)."""
@@ -87,9 +98,11 @@ class TrainingProgress:
             speed = f"{samples_per_s:,.0f} samples/s" + (f" {extra}" if extra else "")
             self._bar.update(self._task, epoch=epoch, loss=_fmt(loss), speed=speed)
         elif not self.quiet:
+            where = f"epoch {epoch}/{self.max_epochs} batch {batch}/{self.batches_per_epoch}"
+            if self.max_steps is not None and step is not None:
+                where = f"step {step}/{self.max_steps}"
             self.console.print(
-                f"epoch {epoch}/{self.max_epochs} batch {batch}/{self.batches_per_epoch} "
-                f"loss {_fmt(loss)} {samples_per_s:,.0f} samples/s"
+                f"{where} loss {_fmt(loss)} {samples_per_s:,.0f} samples/s"
                 + (f" {extra}" if extra else ""),
                 highlight=False,
             )

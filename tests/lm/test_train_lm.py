@@ -78,6 +78,10 @@ def test_samples_throughput_and_mfu_are_logged(abc_run) -> None:
     assert f"sample at step {ABC_STEPS}: 'defghijklmno'" in log
     assert re.search(r"model gpt: [\d,]+ parameters, [\d.]+ MFLOPs per token", log), log
     assert re.search(r"matmul peak on this machine: fp32 [\d,]+ GFLOP/s, bf16 [\d,]+", log), log
+    # A run that stops by step count counts steps, not batches of a huge first epoch.
+    assert re.findall(r"step (\d+)/(\d+) loss", log) == [
+        (str(s), str(ABC_STEPS)) for s in range(10, ABC_STEPS + 1, 10)
+    ], log
     lines = re.findall(r"loss \S+ [\d,]+ samples/s ([\d,]+) tok/s MFU (\d+\.\d)%", log)
     assert len(lines) == ABC_STEPS // 10, log
     assert all(float(tok.replace(",", "")) > 0 and float(mfu) >= 0 for tok, mfu in lines)
