@@ -17,6 +17,7 @@ Results go to stdout as a Markdown section (for bench/RESULTS.md); `--output FIL
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -75,13 +76,15 @@ def run(config: str, seed: int, folder: Path, extra: list[str]) -> dict:
         ],
         quiet=True,
     )
-    test = result.metrics["test"]
+    seconds = time.perf_counter() - started
+    saved = json.loads((result.dir / "metrics.json").read_text())  # with epochs, precision
+    test = saved["test"]
     return {
         "accuracy": test["accuracy"],
         "f1_macro": test["f1_macro"],
-        "seconds": time.perf_counter() - started,
-        "epochs": result.metrics["epochs"],
-        "precision": result.metrics["precision"],
+        "seconds": seconds,
+        "epochs": saved["epochs"],
+        "precision": saved["precision"],
     }
 
 

@@ -156,7 +156,7 @@ def run_forgeml(config: str, overrides: list[str], seed: int, folder: Path) -> d
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     test = run.metrics["test"]
     epochs = sum(row.get("split") == "val" for row in run.history)
-    best = (run.metrics.get("best") or {}).get("epoch")
+    best = (json.loads((run.dir / "metrics.json").read_text()).get("best") or {}).get("epoch")
     return {
         "accuracy": test["accuracy"],
         "f1_macro": test["f1_macro"],

@@ -33,7 +33,7 @@ from forgeml.training.distributed import barrier, init_from_env, is_main, restar
 from forgeml.training.loop import FitResult, evaluate, fit
 from forgeml.training.optim import build_loss
 from forgeml.training.progress import summary_table
-from forgeml.training.resume import checkpointer_for, open_run
+from forgeml.training.resume import checkpointer_for, open_run, restart_resume
 from forgeml.training.runtime import pick_device, seed_everything
 from forgeml.training.strategy import full_state_dict
 
@@ -204,7 +204,7 @@ def train(
     cfg = load_config(config, list(overrides or []))
     init_from_env()  # under torchrun: join the process group; otherwise a no-op
     if resume is None and restart_count() > 0:
-        resume = True  # torchrun --max-restarts restarted the job: continue from the checkpoint
+        resume = restart_resume(cfg)  # torchrun --max-restarts restarted the job
     quiet = quiet or not is_main()
     console = console or Console()
     log = (lambda _msg: None) if quiet else (lambda msg: console.print(msg, highlight=False))

@@ -52,6 +52,15 @@ def checkpointer_for(run_dir: RunDir, cfg: Config, *, writer: bool = True) -> Ch
     )
 
 
+def restart_resume(cfg: Config) -> bool | None:
+    """What a job that torchrun restarted (--max-restarts) continues from: True (its newest
+    valid checkpoint) once the failed attempt committed one, else None (start over; a rank that
+    died before the first checkpoint has nothing to resume). Every rank reads the same
+    directory before any of them writes, so they agree."""
+    run_dir = RunDir(Path(cfg.output.dir) / (cfg.output.name or "run"))
+    return True if checkpointer_for(run_dir, cfg, writer=False).committed() else None
+
+
 def open_run(
     cfg: Config,
     resume: bool | str | Path | None,

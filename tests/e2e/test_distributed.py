@@ -143,6 +143,49 @@ def test_killed_rank_is_restarted_and_the_job_resumes(tmp_path: Path) -> None:
     assert epochs == list(range(1, 31))
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find ranks")
+def test_a_rank_killed_before_the_first_checkpoint_restarts_the_job_from_scratch(
+    tmp_path: Path,
+) -> None:
+    # The failed attempt committed no checkpoint: the restarted job has nothing to resume and
+    # must start over (not fail with "no valid checkpoint").
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "forgeml", "train", "c.yaml", "--nproc", "2"]
+        + ["--max-restarts", "1", "--quiet"],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoints = tmp_path / "runs/c/checkpoints"
+    killed = None
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and killed is None:
+            pids = _worker_pids(str(tmp_path), "1")
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed = pids[0]
+                assert not any(checkpoints.glob("step-*")), "killed too late: a checkpoint exists"
+            time.sleep(0.05)
+        assert killed is not None, "no rank-1 worker was found"
+        _, stderr = job.communicate(timeout=300)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, stderr[-3000:]
+    metrics = json.loads((tmp_path / "runs/c/metrics.json").read_text())
+    assert metrics["epochs"] == 4 and metrics["test"]["accuracy"] > 0.8
+    epochs = [
+        json.loads(line)["epoch"]
+        for line in (tmp_path / "runs/c/history.jsonl").open()
+        if json.loads(line)["split"] == "train"
+    ]
+    assert epochs == [1, 2, 3, 4]
+
+
 def test_a_bad_input_under_nproc_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
     # Ranks fail on the data (not the config, which is checked before launching): the launcher
     # turns torchrun's failure report into the ranks' own one-line error, once.
