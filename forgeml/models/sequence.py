@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from forgeml.data.schema import InputSpec, SequenceInput
 from forgeml.errors import ConfigError
 from forgeml.models.mlp import ACTIVATIONS, embedding_dim_for
+from forgeml.packages import PREFIX, package_folder
 
 # (column, in_dim) -> encoder; encoder(x (B, L, in_dim), mask (B, L)) -> (B, encoder.out_dim)
 EncoderFactory = Callable[[SequenceInput, int], nn.Module]
@@ -53,7 +54,9 @@ def check_sequence_spec(spec: InputSpec, family: str) -> None:
 
 
 def read_vectors(path: str, vocab: tuple[str, ...], dim: int, dim_key: str) -> dict[int, Tensor]:
-    """Vectors for the tokens of `vocab` found in a word2vec/GloVe text file.
+    """Vectors for the tokens of `vocab` found in a word2vec/GloVe text file, or in the input
+    embeddings of a Hugging Face checkpoint (a directory, or pkg:NAME[/SUB]; see
+    `checkpoint_vectors`).
 
     Format: an optional first line "<count> <dim>", then one "token v1 ... v_dim" per line.
     Only the lines of tokens in `vocab` are converted to numbers (a GloVe file has ~400k lines,
@@ -66,6 +69,8 @@ def read_vectors(path: str, vocab: tuple[str, ...], dim: int, dim_key: str) -> d
         ConfigError: missing/unreadable file, a malformed line (named by number), or vectors whose
             width differs from `dim` (naming both and the config key `dim_key` to change).
     """
+    if path.startswith(PREFIX) or Path(path).is_dir():
+        return checkpoint_vectors(path, vocab, dim, dim_key)
     ids = {token: i for i, token in enumerate(vocab) if i > 0}
     found: dict[int, Tensor] = {}
     try:
@@ -118,6 +123,55 @@ def read_vectors(path: str, vocab: tuple[str, ...], dim: int, dim_key: str) -> d
             "give a word2vec/GloVe text file with one 'token v1 ... vN' per line"
         )
     return found
+
+
+# Input-embedding weights by architecture: BERT family, GPT-2, Llama/Mistral/Qwen, T5/BART.
+EMBEDDING_KEYS = ("word_embeddings.weight", "wte.weight", "embed_tokens.weight", "shared.weight")
+
+
+def checkpoint_vectors(
+    path: str, vocab: tuple[str, ...], dim: int, dim_key: str
+) -> dict[int, Tensor]:
+    """Rows of a Hugging Face checkpoint's input-embedding matrix for the tokens of `vocab`,
+    looked up by token string in the checkpoint's tokenizer.json (static vectors: the
+    checkpoint's network is not used). With the checkpoint's own tokenizer as the text
+    column's (`tokenizer_file: pkg:...` or DIR/tokenizer.json) every token is found.
+
+    Raises:
+        ConfigError: no tokenizer.json or model.safetensors, no input-embedding matrix, or
+            vectors of another width than `dim`.
+    """
+    from safetensors import safe_open
+    from tokenizers import Tokenizer
+
+    folder = package_folder(path, "model.vectors") if path.startswith(PREFIX) else Path(path)
+    tokenizer, weights = folder / "tokenizer.json", folder / "model.safetensors"
+    for needed in (tokenizer, weights):
+        if not needed.is_file():
+            raise ConfigError(
+                f"model.vectors: {folder} has no {needed.name}; expected a word2vec/GloVe text "
+                "file, or a Hugging Face checkpoint directory with tokenizer.json and "
+                "model.safetensors"
+            )
+    token_ids = Tokenizer.from_file(str(tokenizer)).get_vocab()  # token -> checkpoint row
+    with safe_open(str(weights), framework="pt") as f:
+        names = [k for k in f.keys() if k.endswith(EMBEDDING_KEYS)]
+        if not names:
+            raise ConfigError(
+                f"model.vectors: {weights} has no input-embedding matrix (no tensor named "
+                f"*{', *'.join(EMBEDDING_KEYS)}); give a word2vec/GloVe text file instead"
+            )
+        matrix = f.get_tensor(names[0]).float()  # (checkpoint vocab, width)
+    if matrix.shape[1] != dim:
+        raise ConfigError(
+            f"model.vectors: {path} has {matrix.shape[1]}-dimensional input embeddings, but "
+            f"the embedding dim is {dim}; set {dim_key}={matrix.shape[1]}"
+        )
+    return {
+        i: matrix[token_ids[token]].clone()
+        for i, token in enumerate(vocab)
+        if i > 0 and token in token_ids and token_ids[token] < len(matrix)
+    }
 
 
 def _dim_mismatch(path: str, line: int, width: int, dim: int, dim_key: str) -> ConfigError:

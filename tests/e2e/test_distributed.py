@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,8 +47,11 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     (tmp_path / "c.yaml").write_text(CONFIG)
     one = forgeml(tmp_path, "train", "c.yaml", "output.name=one", "--quiet")
     assert one.returncode == 0, one.stderr
-    two = forgeml(tmp_path, "train", "c.yaml", "output.name=two", "--nproc", "2", "--quiet")
+    two = forgeml(tmp_path, "train", "c.yaml", "output.name=two", "--nproc", "2")
     assert two.returncode == 0, two.stderr
+    # Rank 0 alone logs (not --quiet here): the closing lines once, not once per rank.
+    assert two.stdout.count("run directory: runs/two") == 1, two.stdout
+    assert two.stdout.count("stopped after 4 epochs") == 1, two.stdout
 
     a = json.loads((tmp_path / "runs/one/metrics.json").read_text())
     b = json.loads((tmp_path / "runs/two/metrics.json").read_text())
@@ -68,6 +72,8 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     for name in wa:
         assert (wa[name] - wb[name]).abs().max().item() < 1e-4, name
     assert (tmp_path / "runs/two/forgeml.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "runs"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one", "two"]
 
 
 def _worker_pids(marker: str, local_rank: str) -> list[int]:
@@ -88,59 +94,58 @@ def _worker_pids(marker: str, local_rank: str) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find ranks")
-def test_killed_rank_is_restarted_and_the_job_resumes(tmp_path: Path) -> None:
-    (tmp_path / "c.yaml").write_text(
-        CONFIG.replace("max_epochs: 4", "max_epochs: 30") + "  checkpoint: {every_steps: 20}\n"
-    )
+def _kill_rank_1_of_a_restartable_job(
+    tmp_path: Path, ready: Callable[[], bool], deadline_s: float
+) -> subprocess.CompletedProcess:
+    """`forgeml train c.yaml --nproc 2 --max-restarts 1`, SIGKILL to its rank-1 worker as soon
+    as `ready()` holds and the worker exists; the finished job (returncode, stderr)."""
+    args = ["train", "c.yaml", "--nproc", "2", "--max-restarts", "1", "--quiet"]
     job = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "forgeml",
-            "train",
-            "c.yaml",
-            "--nproc",
-            "2",
-            "--max-restarts",
-            "1",
-            "--quiet",
-        ],
+        [sys.executable, "-m", "forgeml", *args],
         cwd=tmp_path,
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    checkpoints = tmp_path / "runs/c/checkpoints"
     killed = None
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + deadline_s
     try:
         while time.monotonic() < deadline and killed is None:
-            if checkpoints.is_dir() and any(checkpoints.glob("step-*")):
-                pids = _worker_pids(str(tmp_path), "1")
-                if pids:
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed = pids[0]
-            time.sleep(0.2)
-        assert killed is not None, "no checkpoint appeared or no rank-1 worker was found"
-        _, stderr = job.communicate(timeout=300)
+            pids = _worker_pids(str(tmp_path), "1") if ready() else []
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed = pids[0]
+            time.sleep(0.05)
+        assert killed is not None, "the moment to kill never came or no rank-1 worker was found"
+        stdout, stderr = job.communicate(timeout=300)
     finally:
         if job.poll() is None:
             job.kill()
-    (tmp_path / "stderr.txt").write_text(stderr)
-    assert job.returncode == 0, stderr[-3000:]
+    return subprocess.CompletedProcess(args, job.returncode, stdout, stderr)
+
+
+def _train_epochs(run: Path) -> list[int]:
+    rows = [json.loads(line) for line in (run / "history.jsonl").open()]
+    return [row["epoch"] for row in rows if row["split"] == "train"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find ranks")
+def test_killed_rank_is_restarted_and_the_job_resumes(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        CONFIG.replace("max_epochs: 4", "max_epochs: 30") + "  checkpoint: {every_steps: 20}\n"
+    )
+    checkpoints = tmp_path / "runs/c/checkpoints"
+    job = _kill_rank_1_of_a_restartable_job(
+        tmp_path, lambda: checkpoints.is_dir() and any(checkpoints.glob("step-*")), 180
+    )
+    assert job.returncode == 0, job.stderr[-3000:]
     metrics = json.loads((tmp_path / "runs/c/metrics.json").read_text())
     assert metrics["steps"] == 30 * 25 and metrics["epochs"] == 30
     assert metrics["test"]["accuracy"] > 0.8
     # The restarted job resumed from a checkpoint instead of starting over: its history has
     # each epoch exactly once.
-    epochs = [
-        json.loads(line)["epoch"]
-        for line in (tmp_path / "runs/c/history.jsonl").open()
-        if json.loads(line)["split"] == "train"
-    ]
-    assert epochs == list(range(1, 31))
+    assert _train_epochs(tmp_path / "runs/c") == list(range(1, 31))
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find ranks")
@@ -150,40 +155,19 @@ def test_a_rank_killed_before_the_first_checkpoint_restarts_the_job_from_scratch
     # The failed attempt committed no checkpoint: the restarted job has nothing to resume and
     # must start over (not fail with "no valid checkpoint").
     (tmp_path / "c.yaml").write_text(CONFIG)
-    job = subprocess.Popen(
-        [sys.executable, "-m", "forgeml", "train", "c.yaml", "--nproc", "2"]
-        + ["--max-restarts", "1", "--quiet"],
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     checkpoints = tmp_path / "runs/c/checkpoints"
-    killed = None
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and killed is None:
-            pids = _worker_pids(str(tmp_path), "1")
-            if pids:
-                os.kill(pids[0], signal.SIGKILL)
-                killed = pids[0]
-                assert not any(checkpoints.glob("step-*")), "killed too late: a checkpoint exists"
-            time.sleep(0.05)
-        assert killed is not None, "no rank-1 worker was found"
-        _, stderr = job.communicate(timeout=300)
-    finally:
-        if job.poll() is None:
-            job.kill()
-    assert job.returncode == 0, stderr[-3000:]
+    seen: list[bool] = []  # whether a checkpoint existed when the rank was killed
+
+    def ready() -> bool:
+        seen.append(any(checkpoints.glob("step-*")))
+        return True
+
+    job = _kill_rank_1_of_a_restartable_job(tmp_path, ready, 120)
+    assert seen and not seen[-1], "killed too late: a checkpoint existed"
+    assert job.returncode == 0, job.stderr[-3000:]
     metrics = json.loads((tmp_path / "runs/c/metrics.json").read_text())
     assert metrics["epochs"] == 4 and metrics["test"]["accuracy"] > 0.8
-    epochs = [
-        json.loads(line)["epoch"]
-        for line in (tmp_path / "runs/c/history.jsonl").open()
-        if json.loads(line)["split"] == "train"
-    ]
-    assert epochs == [1, 2, 3, 4]
+    assert _train_epochs(tmp_path / "runs/c") == [1, 2, 3, 4]
 
 
 def test_a_bad_input_under_nproc_is_one_error_line_and_exit_2(tmp_path: Path) -> None:

