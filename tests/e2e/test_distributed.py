@@ -153,14 +153,15 @@ def test_a_rank_killed_before_the_first_checkpoint_restarts_the_job_from_scratch
     tmp_path: Path,
 ) -> None:
     # The failed attempt committed no checkpoint: the restarted job has nothing to resume and
-    # must start over (not fail with "no valid checkpoint").
-    (tmp_path / "c.yaml").write_text(CONFIG)
-    checkpoints = tmp_path / "runs/c/checkpoints"
+    # must start over (not fail with "no valid checkpoint"). Rank 1 dies once rank 0 has made
+    # the run directory (training under way); the first checkpoint is due after epoch 3.
+    (tmp_path / "c.yaml").write_text(CONFIG + "  checkpoint: {every_epochs: 3}\n")
+    run = tmp_path / "runs/c"
     seen: list[bool] = []  # whether a checkpoint existed when the rank was killed
 
     def ready() -> bool:
-        seen.append(any(checkpoints.glob("step-*")))
-        return True
+        seen.append(any((run / "checkpoints").glob("step-*")))
+        return run.is_dir()
 
     job = _kill_rank_1_of_a_restartable_job(tmp_path, ready, 120)
     assert seen and not seen[-1], "killed too late: a checkpoint existed"
