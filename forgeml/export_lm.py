@@ -33,20 +33,17 @@ from torch import Tensor, nn
 from forgeml.artifact import MANIFEST, load_weights, read_config_dict, sha256_file, versions
 from forgeml.errors import ConfigError, DataError, ForgeError
 from forgeml.export import (
-    EXPORT_FORMAT_VERSION,
     OPSET,
     ExportResult,
     Log,
     _check_output,
     _ExportFailed,
-    _need_onnx,
     _quiet,
     _reason,
-    _session,
-    default_output,
     first_passing_onnx_export,
     write_export,
 )
+from forgeml.onnx_backend import EXPORT_FORMAT_VERSION, _need_onnx, _session, default_output
 
 INPUT_NAME = "tokens"  # (B, T) int64
 OUTPUT_NAME = "logits"  # (B, T, V) float32

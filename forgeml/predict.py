@@ -67,7 +67,7 @@ class Predictor:
         self.config = load_config(read_config_dict(self.run_dir))
         self.preprocessor = Preprocessor.load(self.run_dir / "preprocess")
         if backend == "onnx":
-            from forgeml.export import OnnxBackend
+            from forgeml.onnx_backend import OnnxBackend
 
             # Preprocessing stays in Python; the exported graph replaces only the model.
             self.model = OnnxBackend.for_run(self.run_dir)

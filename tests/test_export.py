@@ -32,19 +32,17 @@ from forgeml.data.loader import TensorData
 from forgeml.data.schema import InputSpec, SequenceInput
 from forgeml.errors import ForgeError
 from forgeml.export import (
-    EXPORT_MANIFEST,
-    OnnxBackend,
     _export_onnx_torchscript,
     _run_onnx,
     compare,
     export_run,
-    find_export,
     input_slots,
     pad_batch,
 )
 from forgeml.export_cli import add_export_parser, cmd_export
 from forgeml.export_trace import FinalStateFromOutputs
 from forgeml.models.rnn import RNNConfig, build_rnn
+from forgeml.onnx_backend import EXPORT_MANIFEST, OnnxBackend, find_export
 from forgeml.predict import Predictor
 
 # Before the pretrained tests import transformers (forgeml imports it only when it needs it):

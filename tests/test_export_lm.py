@@ -24,8 +24,9 @@ import forgeml
 from forgeml.artifact import sha256_file
 from forgeml.cli import main
 from forgeml.errors import DataError, ForgeError
-from forgeml.export import EXPORT_MANIFEST, OnnxBackend, export_run
+from forgeml.export import export_run
 from forgeml.lm.tokenizer import LMTokenizer
+from forgeml.onnx_backend import EXPORT_MANIFEST, OnnxBackend
 from forgeml.predict import Predictor
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing may download
