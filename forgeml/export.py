@@ -628,11 +628,32 @@ def _export_checked_torchscript(
     tolerance: float,
     log: Log,
 ) -> tuple[str, float, dict[str, str]]:
+    return checked_torchscript_export(
+        lambda: _export_torchscript(model, example, slots, path),
+        lambda: compare(_run_torchscript(path), model, batches, slots),
+        tolerance,
+        log,
+    )
+
+
+def checked_torchscript_export(
+    export: Callable[[], None],
+    check: Callable[[], tuple[float, str]],
+    tolerance: float,
+    log: Log,
+) -> tuple[str, float, dict[str, str]]:
+    """`export` (torch.jit.trace, writing the file), then `check` (max abs diff against the
+    eager model, and on which batch) within `tolerance`: ("torch.jit.trace", diff, {}). Shared
+    by every family, language models included.
+
+    Raises:
+        _ExportFailed: the trace failed, or its module fails or differs on a check batch.
+    """
     log("exporting to TorchScript with torch.jit.trace")
     try:
         with _quiet():
-            _export_torchscript(model, example, slots, path)
-        diff, where = compare(_run_torchscript(path), model, batches, slots)
+            export()
+        diff, where = check()
     except Exception as exc:  # the tracer, or the traced module failing on another batch
         raise _ExportFailed(f"failed ({_reason(exc)})") from None
     if not diff <= tolerance:

