@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(BIN)/forgeml train configs/digits-cnn.yaml output.overwrite=true
-	$(BIN)/python -m forgeml.demo runs/digits-cnn
+	$(BIN)/python -m forgeml.cli.demo runs/digits-cnn
 
 test: setup
 	$(BIN)/python -m pytest tests

@@ -63,9 +63,9 @@ import torch
 
 import forgeml
 from forgeml.api import prepare
-from forgeml.artifact import sha256_file
 from forgeml.config import load_config
 from forgeml.models.registry import build_model, count_parameters
+from forgeml.run_dir import sha256_file
 from forgeml.training.checkpoint import Checkpointer, load_checkpoint
 from forgeml.training.loop import fit
 from forgeml.training.optim import build_loss

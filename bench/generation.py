@@ -5,7 +5,7 @@ random weights from a seeded `GPT2Config`) is built as a Hugging Face `GPT2LMHea
 imported into forgeml's `GPT` (`GPT.from_hf_gpt2`), so both run the same weights. Each case
 greedily generates NEW tokens after a 16-token prompt, batch 1, and reports tokens/s:
 
-- forgeml with its KV cache (`forgeml.generation.generate`), fp32 and with bf16 weights;
+- forgeml with its KV cache (`forgeml.generation.sampling.generate`), fp32 and with bf16 weights;
 - forgeml without a cache (`use_cache=False`: the whole sequence again at every step), for the
   same number of new tokens (`--no-cache-new` fewer makes it an upper bound of that speed);
 - `GPT2LMHeadModel.generate(do_sample=False, use_cache=True)`, fp32 and bf16 weights.
@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from forgeml.generation import generate
+from forgeml.generation.sampling import generate
 from forgeml.models.gpt import GPT
 
 THREADS = 2

@@ -170,7 +170,7 @@ def forgeml_run(out: Path, steps: int, precision: str, seed: int) -> tuple[float
     started = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - started
-    from forgeml.lm.model import LanguageModel
+    from forgeml.generation.language_model import LanguageModel
 
     return seconds, LanguageModel.load(out / f"gpt-char-{precision}").model
 

@@ -34,10 +34,10 @@ from torch import nn
 
 from forgeml.api import prepare
 from forgeml.config import OptimizerConfig, TrainConfig, load_config
-from forgeml.data.loader import TensorData
-from forgeml.data.schema import InputSpec
+from forgeml.data.tensors import TensorData
 from forgeml.models.mlp import MLPConfig
 from forgeml.models.registry import build_model
+from forgeml.schema import InputSpec
 from forgeml.training.loop import fit
 from forgeml.training.optim import build_loss
 

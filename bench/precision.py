@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from forgeml.training.runtime import BF16_MIN_WORK, cpu_has_fast_bf16
+from forgeml.runtime import BF16_MIN_WORK, cpu_has_fast_bf16
 
 STEPS = 30
 

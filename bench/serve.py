@@ -121,14 +121,14 @@ def train_gpt(out: Path, steps: int) -> Path:
 
 
 class Server:
-    """`python -m forgeml.serve.cli RUN --port 0 ...` until SIGTERM; its log in a file."""
+    """`python -m forgeml.cli.serve RUN --port 0 ...` until SIGTERM; its log in a file."""
 
     def __init__(self, run: Path, args: list[str], log: Path, threads: int) -> None:
         self.log = log
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
         with open(log, "wb") as sink:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "forgeml.serve.cli", str(run), "--port", "0"]
+                [sys.executable, "-m", "forgeml.cli.serve", str(run), "--port", "0"]
                 + ["--no-access-log", *args],
                 stdout=sink,
                 stderr=subprocess.STDOUT,

@@ -16,25 +16,26 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from forgeml.artifact import RunDir, read_manifest, versions
 from forgeml.config import Config, DataConfig, load_config
 from forgeml.data.bad_rows import BadRows, RowChecks, check_splits
 from forgeml.data.image import augment as augment_images
-from forgeml.data.loader import TensorData
 from forgeml.data.preprocess import Preprocessor
 from forgeml.data.sources import read_table
 from forgeml.data.split import infer_target_kind, split_table
 from forgeml.data.table import Table
-from forgeml.errors import ConfigError, DataError
-from forgeml.evaluate.report import plot_confusion, plot_history, write_card
+from forgeml.data.tensors import TensorData
+from forgeml.errors import ConfigError, DataError, ForgeError
+from forgeml.evaluation.report import plot_confusion, plot_history, write_card
 from forgeml.models.registry import build_model, count_parameters
+from forgeml.run_dir import RunDir, read_manifest, versions
+from forgeml.runtime import pick_device, seed_everything
 from forgeml.training.checkpoint import Checkpointer
 from forgeml.training.distributed import barrier, init_from_env, is_main, restart_count
-from forgeml.training.loop import FitResult, evaluate, fit
+from forgeml.training.loop import FitResult, fit
+from forgeml.training.loop import evaluate as evaluate_model
 from forgeml.training.optim import build_loss
 from forgeml.training.progress import summary_table
 from forgeml.training.resume import checkpointer_for, open_run, restart_resume
-from forgeml.training.runtime import pick_device, seed_everything
 from forgeml.training.strategy import full_state_dict
 
 
@@ -65,8 +66,6 @@ class Run:
     def load(self):
         """The `Predictor` for this run (same as `forgeml.load(run.dir)`; a language model's
         run gives its `LanguageModel`)."""
-        from forgeml.predict import load
-
         return load(self.dir)
 
 
@@ -343,7 +342,7 @@ def final_metrics(
     cfg, pre = prepared.config, prepared.preprocessor
     device = next(model.parameters()).device
     return {
-        split: evaluate(
+        split: evaluate_model(
             model,
             data.to(device),
             task=pre.target.task,
@@ -501,3 +500,41 @@ def _image_augment(cfg: Config):
         return {**inputs, "image": images}
 
     return augment
+
+
+def load(run_dir: str | Path, *, module: nn.Module | None = None, backend: str = "torch") -> Any:
+    """Load a run directory for prediction: `forgeml.load("runs/NAME").predict(records)`.
+
+    `backend="onnx"` runs the run's `forgeml export` with onnxruntime instead of torch. A
+    language-model run gives a `forgeml.lm.LanguageModel` (`.generate(prompt)`, `.stream`).
+    """
+    if backend == "torch" and read_manifest(run_dir).get("task") == "language_modeling":
+        from forgeml.generation.language_model import LanguageModel
+
+        return LanguageModel.load(run_dir)
+    from forgeml.tasks.table.predictor import Predictor
+
+    return Predictor(run_dir, module=module, backend=backend)
+
+
+def evaluate(run_dir: Any, data: Any = None, *, module: nn.Module | None = None) -> dict[str, Any]:
+    """Metrics of a saved run on labelled data (a path, records or a Table); by default on the
+    run's own held-out test split. `module`: a fresh instance, for runs of your own nn.Module."""
+    from forgeml.tasks.table.predictor import Predictor
+
+    predictor = Predictor(run_dir, module=module)
+    if data is None:
+        if predictor.config.data.source.startswith("python:"):
+            raise ForgeError(
+                f"{run_dir} was trained from Python objects, so it has no data file to re-split; "
+                "pass labelled data: forgeml evaluate RUN_DIR --data FILE"
+            )
+        tables = load_splits(predictor.config.data, predictor.config.seed)
+        split = "test" if "test" in tables else ("val" if "val" in tables else "train")
+        data = tables[split]
+    return predictor.evaluate(data)
+
+
+def predict(run_dir: Any, inputs: Any) -> list[dict[str, Any]]:
+    """Predictions of a saved run for records, a Table or a path."""
+    return load(run_dir).predict(inputs)

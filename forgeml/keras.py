@@ -24,19 +24,19 @@ from rich.console import Console
 from torch import nn
 
 from forgeml.api import Prepared, final_metrics, fit_prepared, save_run, target_scale
-from forgeml.artifact import RunDir
 from forgeml.config import Config, load_config
-from forgeml.data.loader import TensorData
 from forgeml.data.preprocess import Preprocessor
 from forgeml.data.sources import read_table
 from forgeml.data.split import infer_target_kind, split_table
 from forgeml.data.table import Table
+from forgeml.data.tensors import TensorData
 from forgeml.errors import ConfigError, DataError, ForgeError
 from forgeml.models.registry import UserModule, build_model
-from forgeml.predict import records_to_table
+from forgeml.run_dir import RunDir
+from forgeml.runtime import pick_device, seed_everything
+from forgeml.tasks.table.predictor import records_to_table
 from forgeml.training.loop import FitResult, evaluate, forward_batches
 from forgeml.training.optim import build_loss
-from forgeml.training.runtime import pick_device, seed_everything
 
 PYTHON_SOURCE = "python:arrays"  # data.source of a run trained from Python objects
 

@@ -24,8 +24,8 @@ from torch import nn
 import forgeml
 from forgeml.api import load_splits
 from forgeml.cli import main as cli_main
-from forgeml.data.loader import TensorData
 from forgeml.data.table import Table
+from forgeml.data.tensors import TensorData
 from forgeml.errors import ConfigError, DataError
 
 

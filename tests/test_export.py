@@ -26,12 +26,11 @@ from torch import nn
 
 import forgeml
 from forgeml.api import load_splits
-from forgeml.artifact import sha256_file
 from forgeml.cli import main
-from forgeml.data.loader import TensorData
-from forgeml.data.schema import InputSpec, SequenceInput
+from forgeml.cli.export import add_export_parser, cmd_export
+from forgeml.data.tensors import TensorData
 from forgeml.errors import ForgeError
-from forgeml.export import (
+from forgeml.export.harness import (
     _export_onnx_torchscript,
     _run_onnx,
     compare,
@@ -39,11 +38,12 @@ from forgeml.export import (
     input_slots,
     pad_batch,
 )
-from forgeml.export_cli import add_export_parser, cmd_export
-from forgeml.export_trace import FinalStateFromOutputs
+from forgeml.export.trace import FinalStateFromOutputs
+from forgeml.inference.onnx_backend import EXPORT_MANIFEST, OnnxBackend, find_export
 from forgeml.models.rnn import RNNConfig, build_rnn
-from forgeml.onnx_backend import EXPORT_MANIFEST, OnnxBackend, find_export
-from forgeml.predict import Predictor
+from forgeml.run_dir import sha256_file
+from forgeml.schema import InputSpec, SequenceInput
+from forgeml.tasks.table.predictor import Predictor
 
 # Before the pretrained tests import transformers (forgeml imports it only when it needs it):
 # nothing may download.
@@ -407,13 +407,13 @@ def test_cli_export_writes_and_reports(
 
 
 def test_cli_is_light_and_agrees_with_the_module() -> None:
+    import forgeml.cli.export as export_cli
     import forgeml.export as export
-    import forgeml.export_cli as export_cli
 
     assert (export_cli.FORMATS, export_cli.TOLERANCE) == (export.FORMATS, export.TOLERANCE)
     # one interpreter: the CLI module pulls in no torch, the export module no onnx packages
     code = (
-        "import sys, forgeml.export_cli; light = 'torch' not in sys.modules; "
+        "import sys, forgeml.cli.export; light = 'torch' not in sys.modules; "
         "import forgeml.export; print(light, 'onnx' in sys.modules, 'onnxruntime' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -21,13 +21,13 @@ import torch
 import yaml
 
 import forgeml
-from forgeml.artifact import sha256_file
 from forgeml.cli import main
+from forgeml.data.tokenizer import LMTokenizer
 from forgeml.errors import DataError, ForgeError
 from forgeml.export import export_run
-from forgeml.lm.tokenizer import LMTokenizer
-from forgeml.onnx_backend import EXPORT_MANIFEST, OnnxBackend
-from forgeml.predict import Predictor
+from forgeml.inference.onnx_backend import EXPORT_MANIFEST, OnnxBackend
+from forgeml.run_dir import sha256_file
+from forgeml.tasks.table.predictor import Predictor
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing may download
 
@@ -176,7 +176,7 @@ def test_torchscript_round_trip(lm_run: Callable[[str], Path], tmp_path: Path) -
 def test_a_failed_check_says_by_how_much_and_writes_nothing(
     lm_run: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import forgeml.export_lm as export_lm
+    import forgeml.export.language_model as export_lm
 
     run = lm_run("learned")
     monkeypatch.setattr(export_lm, "compare_logits", lambda *_: (0.5, "1 row of 16 tokens"))

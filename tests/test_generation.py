@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from forgeml.errors import ConfigError
-from forgeml.generation import (
+from forgeml.generation.sampling import (
     apply_repetition_penalty,
     generate,
     sample,

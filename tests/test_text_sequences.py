@@ -24,8 +24,8 @@ from forgeml.api import load_splits
 from forgeml.cli import main as cli_main
 from forgeml.data.builtins import read_builtin
 from forgeml.data.columns import infer_column_type
-from forgeml.data.loader import TensorData
 from forgeml.data.table import Table
+from forgeml.data.tensors import TensorData
 from forgeml.errors import DataError
 
 POSITIVE = ["good", "great", "excellent", "wonderful", "lovely", "superb", "brilliant", "enjoyable"]

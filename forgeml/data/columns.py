@@ -11,11 +11,11 @@ from typing import Any, Literal
 import numpy as np
 
 from forgeml.config import DataConfig
-from forgeml.data.schema import FeatureSpec, TargetSpec
 from forgeml.data.split import is_numeric_column, parse_floats
 from forgeml.data.table import Table
 from forgeml.data.text import count_words
 from forgeml.errors import ConfigError, DataError
+from forgeml.schema import FeatureSpec, TargetSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_CATEGORY_FILL = "<missing>"

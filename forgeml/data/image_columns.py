@@ -12,9 +12,9 @@ from forgeml.config import DataConfig
 from forgeml.data.bad_rows import BadRows
 from forgeml.data.columns import RowRefs, value_key
 from forgeml.data.image import decode_images, is_grayscale, load_image
-from forgeml.data.schema import FeatureSpec
 from forgeml.data.table import Table
 from forgeml.errors import ConfigError, DataError
+from forgeml.schema import FeatureSpec
 
 
 @dataclass

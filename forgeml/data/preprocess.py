@@ -46,7 +46,6 @@ from forgeml.data.columns import (
     value_keys,
 )
 from forgeml.data.image_columns import DecodedImages, decode_column, fit_image
-from forgeml.data.schema import FeatureSpec, InputSpec, SequenceInput, TargetSpec
 from forgeml.data.sequence_columns import (
     BAD_SEQUENCE,
     EMPTY_TEXT,
@@ -67,6 +66,7 @@ from forgeml.data.table import Table
 from forgeml.data.targets import bad_label_rows, fit_target, multi_hot, parse_target_floats
 from forgeml.data.text import TextEncoder
 from forgeml.errors import ConfigError, DataError
+from forgeml.schema import FeatureSpec, InputSpec, SequenceInput, TargetSpec
 
 FORMAT_VERSION = 1
 SEQUENCE_TYPES = ("text", "sequence")

@@ -22,7 +22,6 @@ import torch
 
 from forgeml.config import DataConfig
 from forgeml.data.bad_rows import BadRows, quote
-from forgeml.data.schema import FeatureSpec
 from forgeml.data.sequence import (
     ParsedSequences,
     SequenceConfig,
@@ -33,6 +32,7 @@ from forgeml.data.split import parse_floats
 from forgeml.data.table import Table
 from forgeml.data.text import TextConfig, TextEncoder
 from forgeml.errors import ConfigError, DataError
+from forgeml.schema import FeatureSpec
 
 EMPTY_TEXT = "empty text"
 BAD_SEQUENCE = "bad sequence"

@@ -9,10 +9,10 @@ import numpy as np
 from forgeml.config import DataConfig
 from forgeml.data.bad_rows import BAD_LABELS, UNKNOWN_CLASS
 from forgeml.data.columns import python_value, sort_key, value_key, value_keys
-from forgeml.data.schema import TargetSpec
 from forgeml.data.split import is_missing, parse_floats
 from forgeml.data.table import Table
 from forgeml.errors import ConfigError, DataError
+from forgeml.schema import TargetSpec
 
 
 def parse_target_floats(table: Table, name: str) -> np.ndarray:

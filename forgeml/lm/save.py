@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import nn
 
-from forgeml.artifact import RunDir
 from forgeml.config import Config
-from forgeml.lm.corpus import Corpus
+from forgeml.data.corpus import Corpus
+from forgeml.run_dir import RunDir
 from forgeml.training.loop import FitResult
 
 TASK = "language_modeling"

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import Tensor, nn
 
-from forgeml.artifact import read_manifest
 from forgeml.config import Config
+from forgeml.data.corpus import Corpus, TokenBlocks, load_corpus
 from forgeml.errors import ConfigError, DataError
-from forgeml.lm.corpus import Corpus, TokenBlocks, load_corpus
+from forgeml.run_dir import read_manifest
+from forgeml.runtime import pick_device
 from forgeml.training.distributed import barrier, is_main
 from forgeml.training.loop import evaluate, fit
 from forgeml.training.resume import checkpointer_for, open_run
-from forgeml.training.runtime import pick_device
 from forgeml.training.strategy import full_state_dict
 
 TASK = "language_modeling"
@@ -310,7 +310,7 @@ class Sampler:
     def on_eval_end(self, row: dict[str, Any]) -> None:
         if row["split"] != "val" or not self.cfg.sample_tokens:
             return
-        from forgeml.generation import generate
+        from forgeml.generation.sampling import generate
 
         prompt = self.prompt or [self.tokenizer.eos_id or 0]
         room = context_length(self.model) - 1

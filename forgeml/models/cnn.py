@@ -12,9 +12,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
-from forgeml.data.schema import InputSpec
 from forgeml.errors import ConfigError
 from forgeml.models.cnn1d import build_cnn1d
+from forgeml.schema import InputSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from forgeml.data.schema import InputSpec, SequenceInput
 from forgeml.models.mlp import ACTIVATIONS
 from forgeml.models.sequence import SequenceModel, pool_max
+from forgeml.schema import InputSpec, SequenceInput
 
 if TYPE_CHECKING:
     from forgeml.models.cnn import CNNConfig

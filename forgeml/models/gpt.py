@@ -6,7 +6,7 @@ shares its weight with the token embedding. Rotary positions (GPT-NeoX style) re
 position table when `positions: rotary`.
 
 Weights import from and export to Hugging Face `GPT2LMHeadModel` (`from_hf_gpt2`, `to_hf_gpt2`);
-generation lives in forgeml/generation.py and drives `GPT.forward` with a `KVCache`.
+generation lives in forgeml/generation/sampling.py and drives `GPT.forward` with a `KVCache`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ Heads (`transformers` Auto classes, so any architecture they know works):
   `AutoModelForSequenceClassification(num_labels=out_dim)`, with its architecture's own head
   (BERT: [CLS] -> pooler -> Linear; GPT-2: the last real token).
 - causal_lm: `AutoModelForCausalLM`; forward {"tokens": (B, T)} -> (B, T, V) logits (forgeml/lm/);
-  `decoder()` is what forgeml/generation.py samples through (forgeml/models/pretrained_lm.py).
+  `decoder()` is what forgeml/generation/sampling.py samples through (forgeml/generation/hf_decoder.py).
 
 LoRA goes through `peft`: only the adapters and the classification head train. The run
 directory keeps the checkpoint's config.json and tokenizer files in RUN/pretrained/ and every
@@ -46,9 +46,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from forgeml.data.schema import InputSpec
 from forgeml.errors import ConfigError, ForgeError
 from forgeml.packages import PREFIX, package_folder
+from forgeml.schema import InputSpec
 
 RUN_FOLDER = "pretrained"  # RUN/pretrained/: the checkpoint's config and tokenizer files
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -172,9 +172,9 @@ class Pretrained(nn.Module):
         return self.classifier(self.dropout(pooled))  # (B, out_dim)
 
     def decoder(self):
-        """The adapter forgeml/generation.py samples through (causal_lm only): the
-        checkpoint's own forward and KV cache (forgeml/models/pretrained_lm.py)."""
-        from forgeml.models.pretrained_lm import HFDecoder
+        """The adapter forgeml/generation/sampling.py samples through (causal_lm only): the
+        checkpoint's own forward and KV cache (forgeml/generation/hf_decoder.py)."""
+        from forgeml.generation.hf_decoder import HFDecoder
 
         if self.head != "causal_lm":
             raise ConfigError(

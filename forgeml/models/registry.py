@@ -9,7 +9,6 @@ from typing import Annotated, Any
 from pydantic import Field
 from torch import Tensor, nn
 
-from forgeml.data.schema import InputSpec
 from forgeml.errors import ConfigError, ForgeError
 from forgeml.models.cnn import CNNConfig, build_cnn
 from forgeml.models.gpt import GPTConfig
@@ -17,6 +16,7 @@ from forgeml.models.mlp import MLPConfig, build_mlp
 from forgeml.models.pretrained import PretrainedConfig, build_pretrained, rebuild_pretrained
 from forgeml.models.rnn import RNNConfig, build_rnn
 from forgeml.models.transformer import TransformerConfig, build_transformer
+from forgeml.schema import InputSpec
 
 # The `model:` section of a config; its `name` picks the family.
 ModelConfig = Annotated[

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from forgeml.data.schema import InputSpec, SequenceInput
 from forgeml.models.sequence import Pooling, SequenceModel
+from forgeml.schema import InputSpec, SequenceInput
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from forgeml.data.schema import InputSpec, SequenceInput
 from forgeml.errors import ConfigError
 from forgeml.models.mlp import ACTIVATIONS, embedding_dim_for
 from forgeml.packages import PREFIX, package_folder
+from forgeml.schema import InputSpec, SequenceInput
 
 # (column, in_dim) -> encoder; encoder(x (B, L, in_dim), mask (B, L)) -> (B, encoder.out_dim)
 EncoderFactory = Callable[[SequenceInput, int], nn.Module]

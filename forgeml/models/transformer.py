@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from forgeml.data.schema import InputSpec, SequenceInput
 from forgeml.models.sequence import SequenceModel, pool_mean
+from forgeml.schema import InputSpec, SequenceInput
 
 
 class TransformerConfig(BaseModel):

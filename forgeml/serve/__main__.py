@@ -1,5 +1,5 @@
 """`python -m forgeml.serve RUN_DIR ...`: the same as `forgeml serve RUN_DIR ...`."""
 
-from forgeml.serve.cli import main
+from forgeml.cli.serve import main
 
 raise SystemExit(main())

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from forgeml.artifact import read_manifest
 from forgeml.errors import ForgeError
+from forgeml.run_dir import read_manifest
 from forgeml.serve.batching import LOAD_GATE_ENV, QueueFull, ShuttingDown
 
 log = logging.getLogger("forgeml.serve")
@@ -81,7 +81,7 @@ class ServedLM:
         manifest = read_manifest(self.run_dir)  # a clear error now, before the server binds
         if manifest.get("task") != TASK:
             raise ForgeError(f"{self.run_dir} is not a language-model run")
-        self.lm: Any = None  # forgeml.lm.model.LanguageModel once loaded
+        self.lm: Any = None  # forgeml.generation.language_model.LanguageModel once loaded
 
     @property
     def loaded(self) -> bool:
@@ -89,7 +89,7 @@ class ServedLM:
 
     def load(self) -> None:
         """Build the model and load its weights (sha256 checked). Slow: call off the loop."""
-        from forgeml.lm.model import LanguageModel
+        from forgeml.generation.language_model import LanguageModel
 
         self.lm = LanguageModel.load(self.run_dir)
 
@@ -200,7 +200,7 @@ class GenerationMetrics(Protocol):
 @dataclass(eq=False)
 class _Group:
     jobs: list[Job]
-    stream: Any  # forgeml.lm.model.TextStream
+    stream: Any  # forgeml.generation.language_model.TextStream
     steps: Iterator[list[str]]
     counts: list[int]  # tokens per row after the last step
     started: float

@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 import torch
 
-from forgeml.artifact import read_manifest
-from forgeml.data.loader import TensorData
-from forgeml.data.schema import FeatureSpec
+from forgeml.data.tensors import TensorData
 from forgeml.errors import ForgeError
+from forgeml.run_dir import read_manifest
+from forgeml.schema import FeatureSpec
 
 Kind = Literal["numeric", "category", "text", "image", "sequence"]
 # Keys of a model batch whose dim 1 is a per-batch length (schema.py): padded when merging.
@@ -58,7 +58,7 @@ class ServedModel:
                 f"{self.run_dir} was trained on a custom nn.Module, which the server cannot "
                 "rebuild from the run directory; serve a run of a built-in model family"
             )
-        self.predictor: Any = None  # forgeml.predict.Predictor once loaded
+        self.predictor: Any = None  # forgeml.tasks.table.predictor.Predictor once loaded
         self.columns: list[InputColumn] = []
         self.last_truncated: dict[str, int] = {}
 
@@ -68,7 +68,7 @@ class ServedModel:
 
     def load(self) -> None:
         """Build the model and load its weights (sha256 checked). Slow: call off the loop."""
-        from forgeml.predict import Predictor
+        from forgeml.tasks.table.predictor import Predictor
 
         predictor = Predictor(self.run_dir)
         self.columns = input_columns(predictor.preprocessor.features, predictor.preprocessor.runs)
@@ -110,7 +110,7 @@ class ServedModel:
         Raises:
             DataError: a bad value; the message names "<source>, record <n>, column '<col>'".
         """
-        from forgeml.predict import records_to_table
+        from forgeml.tasks.table.predictor import records_to_table
 
         table = records_to_table(list(records), source=source)
         pre = self.predictor.preprocessor

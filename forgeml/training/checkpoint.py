@@ -36,8 +36,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from forgeml.artifact import drop_aliases, sha256_file
 from forgeml.errors import CheckpointError
+from forgeml.run_dir import drop_aliases, sha256_file
 from forgeml.training.distributed import barrier
 from forgeml.training.strategy import is_sharded, save_sharded
 

@@ -23,17 +23,17 @@ import torch
 from rich.console import Console
 from torch import Tensor, nn
 
-from forgeml.artifact import load_state
 from forgeml.config import TrainConfig
-from forgeml.data.loader import TensorData
+from forgeml.data.tensors import TensorData
 from forgeml.errors import ConfigError, ForgeError
-from forgeml.evaluate.metrics import MetricSet, metric_mode, scalar_metrics
+from forgeml.evaluation.metrics import MetricSet, metric_mode, scalar_metrics
+from forgeml.run_dir import load_state
+from forgeml.runtime import autocast, resolve_precision
 from forgeml.training.checkpoint import Checkpointer, capture_rng, restore_rng
 from forgeml.training.distributed import all_gather, all_reduce_max, all_reduce_sum, world_size
 from forgeml.training.distributed import rank as dist_rank
 from forgeml.training.optim import build_optimizer, build_scheduler
 from forgeml.training.progress import TrainingProgress
-from forgeml.training.runtime import autocast, resolve_precision
 from forgeml.training.strategy import gradient_sync, is_sharded, load_sharded, plain, wrap
 
 Augment = Callable[[dict[str, Tensor], torch.Generator], dict[str, Tensor]]
@@ -108,7 +108,7 @@ def fit(
     `log_extras(samples_per_s)` returns text for the periodic log line (tokens/s, MFU).
 
     `train` and `val` are `TensorData` or anything with its `__len__`, `batch(index)` and
-    `to(device)` (language models: `forgeml.lm.corpus.TokenBlocks`, one row per block).
+    `to(device)` (language models: `forgeml.data.corpus.TokenBlocks`, one row per block).
     """
     console = console or Console()
     device = next(model.parameters()).device

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from forgeml.artifact import MANIFEST, RunDir, atomic_write
 from forgeml.config import Config
 from forgeml.errors import ConfigError, ForgeError
+from forgeml.run_dir import MANIFEST, RunDir, atomic_write
 from forgeml.training.checkpoint import Checkpointer, CheckpointError, load_checkpoint
 
 CHECKPOINTS = "checkpoints"

@@ -23,8 +23,8 @@ from PIL import Image
 
 import forgeml
 from forgeml.api import load_splits
-from forgeml.artifact import sha256_file
 from forgeml.config import Config, load_config
+from forgeml.run_dir import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS_CONFIG = REPO / "configs" / "digits-cnn.yaml"

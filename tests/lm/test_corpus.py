@@ -1,5 +1,5 @@
 """The corpus of a language model: sources, the train/val split, tokenizers, the token cache,
-and the blocks the loop trains on (forgeml/lm/corpus.py, forgeml/lm/tokenizer.py)."""
+and the blocks the loop trains on (forgeml/data/corpus.py, forgeml/data/tokenizer.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from forgeml.config import CorpusConfig
+from forgeml.data import corpus as corpus_module
+from forgeml.data.corpus import TokenBlocks, load_corpus, resolve_files
+from forgeml.data.tokenizer import EOT
 from forgeml.errors import ConfigError, DataError
-from forgeml.lm import corpus as corpus_module
-from forgeml.lm.corpus import TokenBlocks, load_corpus, resolve_files
-from forgeml.lm.tokenizer import EOT
 
 
 def load(tmp_path: Path, source, val_source=None, log=None, **settings):
@@ -255,7 +255,7 @@ def test_ids_are_uint16_up_to_65536_ids_then_uint32(tmp_path: Path, size: int, d
 
 
 def test_the_writer_picks_the_dtype_it_is_given(tmp_path: Path) -> None:
-    from forgeml.lm.tokenizer import LMTokenizer
+    from forgeml.data.tokenizer import LMTokenizer
 
     tokenizer = LMTokenizer("char", chars=["a", "b", "\n"])
     count = corpus_module._write_tokens(

@@ -16,7 +16,7 @@ from lm_helpers import ABC_BLOCK, ALPHABET
 import forgeml
 from forgeml.cli import main
 from forgeml.errors import DataError
-from forgeml.lm.model import LanguageModel
+from forgeml.generation.language_model import LanguageModel
 from forgeml.models.gpt import GPTConfig, build_gpt
 
 LONG = ALPHABET * 2  # 54 characters: more than the context of 16

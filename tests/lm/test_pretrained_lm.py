@@ -19,7 +19,7 @@ peft = pytest.importorskip("peft")
 
 import forgeml  # noqa: E402
 from forgeml.cli import main  # noqa: E402
-from forgeml.lm.model import LanguageModel  # noqa: E402
+from forgeml.generation.language_model import LanguageModel  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from test_pretrained import tiny_causal  # noqa: E402
@@ -81,7 +81,7 @@ def test_greedy_tokens_equal_transformers_generate_on_the_same_weights(lora_run)
     lm = forgeml.load(lora_run.dir)
     hf = lm.model.model  # the transformers module inside the run's model (LoRA merged)
     assert isinstance(hf, transformers.PreTrainedModel)
-    from forgeml.generation import generate
+    from forgeml.generation.sampling import generate
 
     prompts = [lm.tokenizer.encode("hello"), lm.tokenizer.encode("the quick brown fox, hello")]
     ours = generate(lm.model, prompts, max_new_tokens=10, temperature=0).tokens

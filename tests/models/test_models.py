@@ -13,11 +13,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from forgeml.config import load_config
-from forgeml.data.schema import InputSpec
 from forgeml.errors import ConfigError, ForgeError
 from forgeml.models.cnn import CNNConfig
 from forgeml.models.mlp import MLPConfig
 from forgeml.models.registry import MODELS, UserModule, build_model, count_parameters
+from forgeml.schema import InputSpec
 
 BATCH = 8
 

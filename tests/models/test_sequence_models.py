@@ -12,7 +12,6 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from forgeml.config import load_config
-from forgeml.data.schema import InputSpec, SequenceInput
 from forgeml.errors import ConfigError
 from forgeml.models.cnn import CNNConfig
 from forgeml.models.cnn1d import MaskedBatchNorm1d, masked_pool
@@ -26,6 +25,7 @@ from forgeml.models.sequence import (
     pool_mean,
 )
 from forgeml.models.transformer import TransformerConfig, sinusoidal_positions
+from forgeml.schema import InputSpec, SequenceInput
 
 VOCAB = 30
 TEXT = SequenceInput("review", "text", max_length=12, vocab_size=VOCAB)

@@ -1,4 +1,4 @@
-"""Real servers for the serve tests: `python -m forgeml.serve.cli` subprocesses on free ports.
+"""Real servers for the serve tests: `python -m forgeml.cli.serve` subprocesses on free ports.
 
 Tiny runs are trained once per session. The long-lived servers start together (each import of
 torch takes seconds; in parallel they overlap) and every test waits only for the one it uses.

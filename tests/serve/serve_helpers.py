@@ -76,7 +76,7 @@ def reviews_csv(path: Path) -> Path:
 
 
 class ServerProcess:
-    """One `python -m forgeml.serve.cli ... --port 0` subprocess, its log in a file."""
+    """One `python -m forgeml.cli.serve ... --port 0` subprocess, its log in a file."""
 
     def __init__(self, log: Path, args: list[str], env: dict[str, str] | None = None) -> None:
         self.log_path = log
@@ -85,7 +85,7 @@ class ServerProcess:
         # The log goes to a file: a pipe nobody reads would block the server once full.
         with open(log, "wb") as sink:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "forgeml.serve.cli", *args, "--port", "0"],
+                [sys.executable, "-m", "forgeml.cli.serve", *args, "--port", "0"],
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 env={**environment, **(env or {})},

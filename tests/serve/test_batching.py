@@ -12,10 +12,10 @@ import pytest
 import torch
 from serve_helpers import Runs
 
-from forgeml.predict import Predictor
 from forgeml.serve.batching import Batcher, QueueFull
 from forgeml.serve.models import ServedModel, merge_inputs
 from forgeml.serve.values import RequestError
+from forgeml.tasks.table.predictor import Predictor
 
 
 class Recorder:

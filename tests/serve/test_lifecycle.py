@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serve_helpers import TABULAR_ROWS, Runs, Servers, slow_post
 
-from forgeml.serve.cli import main
+from forgeml.cli.serve import main
 
 
 def test_ready_only_after_loading_and_sigterm_drains_requests_in_flight(servers: Servers) -> None:
@@ -93,7 +93,7 @@ def test_command_errors_are_one_line_and_exit_2(
 
 def test_the_core_cli_part_imports_no_web_framework() -> None:
     code = (
-        "import sys, argparse; import forgeml.serve.cli as c; "
+        "import sys, argparse; import forgeml.cli.serve as c; "
         "p = argparse.ArgumentParser(); c.add_serve_parser(p.add_subparsers()); "
         "assert not {'fastapi', 'uvicorn', 'starlette', 'prometheus_client', 'torch'} & set(sys.modules)"
     )

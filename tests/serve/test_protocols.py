@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serve_helpers import REVIEWS, TABULAR_ROWS, Runs, digit_images, png_base64
 
-from forgeml.predict import Predictor
+from forgeml.tasks.table.predictor import Predictor
 
 
 def predict(url: str, model: str, instances: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 import forgeml
 from forgeml.config import TrainConfig
-from forgeml.data.loader import TensorData
+from forgeml.data.tensors import TensorData
 from forgeml.models.registry import UserModule
 from forgeml.training.checkpoint import (
     Checkpointer,

@@ -15,7 +15,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import forgeml
 from forgeml.config import LossConfig, TrainConfig
-from forgeml.data.loader import TensorData
+from forgeml.data.tensors import TensorData
 from forgeml.errors import ConfigError
 from forgeml.models.registry import UserModule
 from forgeml.training.loop import FitResult, evaluate, fit, forward_batches

@@ -1,0 +1,1 @@
+"""Tasks: one kind of problem each, and the registry every verb asks."""
