@@ -62,13 +62,14 @@ import safetensors.torch
 import torch
 
 import forgeml
-from forgeml.api import prepare
 from forgeml.config import load_config
 from forgeml.models.registry import build_model, count_parameters
 from forgeml.run_dir import sha256_file
+from forgeml.tasks.table.evaluate import table_steps
+from forgeml.tasks.table.loss import build_loss
+from forgeml.tasks.table.prepare import prepare
 from forgeml.training.checkpoint import Checkpointer, load_checkpoint
 from forgeml.training.loop import fit
-from forgeml.training.optim import build_loss
 
 THREADS = 2
 SEED = 0
@@ -304,8 +305,7 @@ def run_big(scale: Scale, workdir: Path) -> BigResult:
         data,
         None,
         cfg.train,
-        task="multiclass",
-        loss_fn=loss_fn,
+        steps=table_steps("multiclass", loss_fn),
         seed=SEED,
         quiet=True,
         checkpointer=checkpointer,
@@ -359,8 +359,7 @@ def run_big(scale: Scale, workdir: Path) -> BigResult:
             data,
             None,
             resume_train,
-            task="multiclass",
-            loss_fn=loss_fn,
+            steps=table_steps("multiclass", loss_fn),
             seed=SEED,
             quiet=True,
             resume=checkpoint,

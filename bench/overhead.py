@@ -32,14 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from forgeml.api import prepare
 from forgeml.config import OptimizerConfig, TrainConfig, load_config
 from forgeml.data.tensors import TensorData
 from forgeml.models.mlp import MLPConfig
 from forgeml.models.registry import build_model
 from forgeml.schema import InputSpec
+from forgeml.tasks.table.evaluate import table_steps
+from forgeml.tasks.table.loss import build_loss
+from forgeml.tasks.table.prepare import prepare
 from forgeml.training.loop import fit
-from forgeml.training.optim import build_loss
 
 THREADS = 2
 SEED = 0
@@ -146,8 +147,7 @@ def run_lockstep(case: Case, variant: str) -> Pairing:
         case.data,
         None,
         cfg,
-        task="multiclass",
-        loss_fn=build_loss(cfg.loss, "multiclass"),
+        steps=table_steps("multiclass", build_loss(cfg.loss, "multiclass")),
         seed=SEED,
         quiet=True,
         callbacks=[lockstep],

@@ -23,21 +23,24 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from forgeml.api import Prepared, final_metrics, fit_prepared, save_run, target_scale
 from forgeml.config import Config, load_config
 from forgeml.data.preprocess import Preprocessor
 from forgeml.data.sources import read_table
-from forgeml.data.split import infer_target_kind, split_table
+from forgeml.data.splits import split_one
 from forgeml.data.table import Table
 from forgeml.data.tensors import TensorData
 from forgeml.errors import ConfigError, DataError, ForgeError
-from forgeml.models.registry import UserModule, build_model
+from forgeml.inference.batches import forward_batches
 from forgeml.run_dir import RunDir
-from forgeml.runtime import pick_device, seed_everything
+from forgeml.runtime import seed_everything
+from forgeml.tasks.base import TaskSteps
 from forgeml.tasks.table.predictor import records_to_table
-from forgeml.training.loop import FitResult, evaluate, forward_batches
-from forgeml.training.optim import build_loss
+from forgeml.tasks.table.prepare import TablePrepared, encode
+from forgeml.tasks.table.task import TableTask
+from forgeml.training.loop import FitResult, fit
+from forgeml.training.recipe import save_run
 
+TASK = TableTask()  # the Keras-like Model is the table task driven from Python objects
 PYTHON_SOURCE = "python:arrays"  # data.source of a run trained from Python objects
 
 
@@ -66,7 +69,8 @@ class Model:
         self.preprocessor: Preprocessor | None = None
         self.config: Config | None = None
         self.result: FitResult | None = None
-        self._prepared: Prepared | None = None
+        self._prepared: TablePrepared | None = None
+        self._steps: TaskSteps | None = None
 
     def compile(
         self,
@@ -122,56 +126,32 @@ class Model:
             )
             tables["val"] = to_table(vx, vy, target)
         elif validation_split > 0:
-            kind = infer_target_kind(table, cfg.data)
-            stratify = None
-            if kind == "category":
-                stratify = np.array([str(v) for v in table.columns[target]], dtype=object)
-            train, val, _ = split_table(
-                table,
-                train=1.0 - validation_split,
-                val=validation_split,
-                test=0.0,
-                seed=seed,
-                stratify_by=stratify,
-                target=target,
-            )
+            train, val, _ = split_one(table, cfg.data, seed, val=validation_split, test=0.0)
             tables = {"train": train, "val": val}
         console = Console(quiet=not verbose)
         log = (lambda msg: console.print(msg, highlight=False)) if verbose else (lambda _m: None)
-        pre = Preprocessor.fit(tables["train"], cfg.data, log=log)
-        data = {split: TensorData(*pre.transform(t)) for split, t in tables.items()}
-        self._prepared = Prepared(cfg, tables, pre, data)
-        self.config, self.preprocessor = cfg, pre
-
-        torch.manual_seed(seed)
-        if self.module is not None:
-            network = (
-                self.module if isinstance(self.module, UserModule) else UserModule(self.module)
-            )
-        else:
-            network = build_model(cfg.model, pre.spec)
-        self.network = network.to(pick_device())
-        self.result, self._loss_fn = fit_prepared(
-            self._prepared, self.network, console=console, quiet=not verbose, callbacks=callbacks
+        self._prepared = encode(cfg, tables, log=log)
+        self.config, self.preprocessor = cfg, self._prepared.preprocessor
+        self.network = TASK.build_model(self._prepared, self.module)
+        self._steps = TASK.steps(self._prepared, self.network, log=log, quiet=not verbose)
+        self.result = fit(
+            self.network,
+            self._prepared.train,
+            self._prepared.val,
+            cfg.train,
+            steps=self._steps,
+            seed=seed,
+            callbacks=callbacks,
+            console=console,
+            quiet=not verbose,
         )
         return self.result.history
 
     def evaluate(self, x: Any, y: Any = None, *, target: str | None = None) -> dict[str, Any]:
-        """Loss and metrics on labelled data."""
+        """Loss and metrics on labelled data (the loss as trained: class weights included)."""
         pre, network = self._fitted()
-        table = to_table(x, y, target or pre.target.name)
-        inputs, labels = pre.transform(table)
-        classes = [str(c) for c in pre.target.classes] if pre.target.classes is not None else None
-        return evaluate(
-            network,
-            TensorData(inputs, labels),
-            task=pre.target.task,
-            loss_fn=build_loss(self.config.train.loss, pre.target.task),
-            class_names=classes,
-            batch_size=4 * self.config.train.batch_size,
-            precision=self.result.precision,
-            target_scale=target_scale(pre),
-        )
+        inputs, labels = pre.transform(to_table(x, y, target or pre.target.name))
+        return self._steps.evaluate(network, TensorData(inputs, labels), self.result.precision)
 
     def predict(self, x: Any) -> np.ndarray:
         """(N, C) class probabilities (binary: C = 2), or (N,) values for regression."""
@@ -183,7 +163,7 @@ class Model:
                 for out, _ in forward_batches(
                     network,
                     TensorData(inputs, None),
-                    batch_size=4 * self.config.train.batch_size,
+                    batch_size=self.config.train.eval_batch,
                     precision=self.result.precision,
                 )
             ]
@@ -195,12 +175,16 @@ class Model:
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write a run directory that `forgeml.load`, predict and evaluate read."""
-        self._fitted()
+        _, network = self._fitted()
         run_dir = RunDir(path)
         run_dir.prepare(overwrite=overwrite)
-        metrics = final_metrics(self._prepared, self.network, self._loss_fn, self.result.precision)
+        prepared, precision = self._prepared, self.result.precision
+        metrics = {
+            split: self._steps.evaluate(network, data, precision)
+            for split, data in prepared.eval_splits.items()
+        }
         custom = "custom" if self.module is not None else None
-        save_run(run_dir, self._prepared, self.network, self.result, metrics, custom_model=custom)
+        save_run(run_dir, TASK, prepared, network, self.result, metrics, model_name=custom)
         return run_dir.path
 
     def _fitted(self) -> tuple[Preprocessor, nn.Module]:

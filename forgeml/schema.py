@@ -48,6 +48,16 @@ class SequenceInput:
 
 
 @dataclass(frozen=True)
+class TokenSpec:
+    """What a language model reads and predicts: token ids in [0, vocab_size).
+
+    Its batch is {"tokens": (B, T) int64}; its output (B, T, V) logits with V >= vocab_size.
+    """
+
+    vocab_size: int
+
+
+@dataclass(frozen=True)
 class InputSpec:
     num_numeric: int  # width of inputs["numeric"]; 0 when there is no numeric column
     category_sizes: tuple[

@@ -22,8 +22,8 @@ from sklearn.metrics import (
 from torch import nn
 
 import forgeml
-from forgeml.api import load_splits
 from forgeml.cli import main as cli_main
+from forgeml.data.splits import read_splits as load_splits
 from forgeml.data.table import Table
 from forgeml.data.tensors import TensorData
 from forgeml.errors import ConfigError, DataError

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 import forgeml
-from forgeml.api import load_splits
 from forgeml.cli import main
 from forgeml.cli.export import add_export_parser, cmd_export
+from forgeml.data.splits import read_splits as load_splits
 from forgeml.data.tensors import TensorData
 from forgeml.errors import ForgeError
 from forgeml.export.harness import (

@@ -19,7 +19,7 @@ import pytest
 from sklearn.metrics import r2_score
 
 import forgeml
-from forgeml.api import load_splits
+from forgeml.data.splits import read_splits as load_splits
 
 RATINGS = {
     "awful": -2.0,

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 import forgeml
-from forgeml.api import load_splits
 from forgeml.cli import main as cli_main
 from forgeml.data.builtins import read_builtin
 from forgeml.data.columns import infer_column_type
+from forgeml.data.splits import read_splits as load_splits
 from forgeml.data.table import Table
 from forgeml.data.tensors import TensorData
 from forgeml.errors import DataError

@@ -15,7 +15,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from forgeml.api import load_splits
+from forgeml.data.splits import held_out, read_splits
 from forgeml.tasks.table.predictor import Predictor
 
 SHADES = " .:-=+*#%@"
@@ -38,12 +38,13 @@ def main(argv: list[str]) -> int:
         f"precision {metrics['precision']})"
     )
     predictor = Predictor(run_dir)
-    held_out = load_splits(predictor.config.data, predictor.config.seed)["test"]
+    tables = read_splits(predictor.config.data, predictor.config.seed)
+    unseen = tables[held_out(tables)]
     folder = run_dir.parent / f"{run_dir.name}-demo-digits"
     folder.mkdir(parents=True, exist_ok=True)
     truths = {}
     for i in range(count):
-        pixels, label = held_out.columns["image"][i], held_out.columns["label"][i]
+        pixels, label = unseen.columns["image"][i], unseen.columns["label"][i]
         path = folder / f"heldout-{i}.png"
         Image.fromarray(pixels, mode="L").save(path)
         truths[path.resolve()] = (int(label), pixels)

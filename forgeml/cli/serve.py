@@ -161,10 +161,12 @@ def _serve(args: argparse.Namespace) -> int:
             "with: pip install 'forgeml[serve]'"
         ) from None
     from forgeml.serve.app import create_app
-    from forgeml.serve.models import open_run
+    from forgeml.tasks import task_for_run
 
     # Every directory is checked before the port is bound: a typo fails at once, exit 2.
-    models = [open_run(p, n) for p, n in zip(settings.run_dirs, settings.names, strict=True)]
+    models = [
+        task_for_run(p).served(p, n) for p, n in zip(settings.run_dirs, settings.names, strict=True)
+    ]
     if not settings.is_loopback and settings.api_key is None:
         print(
             f"warning: serving on {settings.host} without an API key: anyone who can reach "

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from forgeml.config import DataConfig
+from forgeml.data.config import DataConfig
 from forgeml.data.split import is_numeric_column, parse_floats
 from forgeml.data.table import Table
 from forgeml.data.text import count_words

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from forgeml.config import CorpusConfig
+from forgeml.data.config import CorpusConfig
 from forgeml.data.tokenizer import LMTokenizer
 from forgeml.errors import ConfigError, DataError
 

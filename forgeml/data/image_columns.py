@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from forgeml.config import DataConfig
 from forgeml.data.bad_rows import BadRows
 from forgeml.data.columns import RowRefs, value_key
+from forgeml.data.config import DataConfig
 from forgeml.data.image import decode_images, is_grayscale, load_image
 from forgeml.data.table import Table
 from forgeml.errors import ConfigError, DataError

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from forgeml.config import DataConfig
 from forgeml.data.bad_rows import (
     BAD_LABELS,
     MISSING_VALUE,
@@ -45,6 +44,7 @@ from forgeml.data.columns import (
     value_key,
     value_keys,
 )
+from forgeml.data.config import DataConfig
 from forgeml.data.image_columns import DecodedImages, decode_column, fit_image
 from forgeml.data.sequence_columns import (
     BAD_SEQUENCE,

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from forgeml.config import DataConfig
 from forgeml.data.bad_rows import BadRows, quote
+from forgeml.data.config import DataConfig
 from forgeml.data.sequence import (
     ParsedSequences,
     SequenceConfig,

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from forgeml.config import DataConfig
+from forgeml.data.config import DataConfig
 from forgeml.data.table import Table
 from forgeml.errors import ConfigError, DataError
 

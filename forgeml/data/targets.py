@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 
-from forgeml.config import DataConfig
 from forgeml.data.bad_rows import BAD_LABELS, UNKNOWN_CLASS
 from forgeml.data.columns import python_value, sort_key, value_key, value_keys
+from forgeml.data.config import DataConfig
 from forgeml.data.split import is_missing, parse_floats
 from forgeml.data.table import Table
 from forgeml.errors import ConfigError, DataError

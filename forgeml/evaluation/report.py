@@ -18,13 +18,16 @@ from forgeml.evaluation.metrics import scalar_metrics
 _SPLIT_ORDER = ("train", "val", "test")
 
 
-def plot_history(rows: list[dict], path: Path) -> None:
+def plot_history(rows: list[dict], path: Path, *, x_axis: str = "epoch") -> None:
     """Training curves from history.jsonl lines, as a PNG.
 
-    Panels: loss per epoch (train and val); the other scalar metrics per epoch (val solid, train
-    dashed); the learning rate per step. Several lines of one split in one epoch (logging every
-    N steps) are averaged. Works without val lines.
+    x_axis "epoch": panels of loss per epoch (train and val); the other scalar metrics per epoch
+    (val solid, train dashed); the learning rate per step. Several lines of one split in one
+    epoch (logging every N steps) are averaged. Works without val lines.
+    x_axis "step" (a language model's one long epoch): train and val loss against the step.
     """
+    if x_axis == "step":
+        return _plot_loss_by_step(rows, path)
     from matplotlib.ticker import MaxNLocator
 
     fig = _figure(8.0, 9.0)
@@ -225,6 +228,17 @@ def write_card(
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _plot_loss_by_step(rows: list[dict], path: Path) -> None:
+    fig = _figure(7.0, 4.0)
+    ax = fig.add_subplot()
+    for split, style in (("train", "--"), ("val", "-")):
+        points = [(r["step"], r["metrics"]["loss"]) for r in rows if r["split"] == split]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, marker=".", label=f"{split} loss")
+    _finish(ax, "loss", "step", "cross-entropy (nats / token)")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
 def _figure(width: float, height: float) -> Any:

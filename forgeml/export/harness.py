@@ -198,8 +198,8 @@ def _check_inputs(predictor: Any, data: Any, log: Log) -> tuple[dict[str, Tensor
     as `forgeml evaluate` does; a run trained from Python objects has no file to re-read, so it
     gets random inputs of the right shapes.
     """
-    from forgeml.api import load_splits
     from forgeml.data.bad_rows import BadRows
+    from forgeml.data.splits import held_out, read_splits
 
     config = predictor.config
     if data is not None:
@@ -210,8 +210,8 @@ def _check_inputs(predictor: Any, data: Any, log: Log) -> tuple[dict[str, Tensor
         log(f"the run was trained from Python objects: checking on {rows} random input rows")
         return synthetic_inputs(predictor.preprocessor.spec, rows), f"{rows} random rows"
     else:
-        tables = load_splits(config.data, config.seed)
-        split = "test" if "test" in tables else ("val" if "val" in tables else "train")
+        tables = read_splits(config.data, config.seed)
+        split = held_out(tables)
         table = tables[split]
         where = f"the {split} split of {table.source}"
     table = table.take(np.arange(min(CHECK_ROWS, table.num_rows)))

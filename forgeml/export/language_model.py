@@ -82,6 +82,7 @@ def export_lm_run(
     from forgeml.config import load_config
     from forgeml.data.tokenizer import LMTokenizer
     from forgeml.models.gpt import build_gpt
+    from forgeml.schema import TokenSpec
 
     cfg = load_config(read_config_dict(run_dir))
     if cfg.model.name != "gpt":
@@ -100,7 +101,7 @@ def export_lm_run(
     tokenizer = LMTokenizer.from_file(
         run_dir / "tokenizer", kind=manifest.get("tokenizer", "pretrained")
     )
-    model = build_gpt(cfg.model, tokenizer.vocab_size)
+    model = build_gpt(cfg.model, TokenSpec(tokenizer.vocab_size))
     load_weights(run_dir, manifest, model)
     wrapper = TokensToLogits(model.eval()).eval()
     block = int(model.config.block_size)

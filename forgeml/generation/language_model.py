@@ -70,8 +70,9 @@ class LanguageModel:
         AVX512-BF16/AMX and on GPUs, with slightly different numbers).
         """
         from forgeml.config import load_config
-        from forgeml.lm.train import build_lm
+        from forgeml.models.registry import build_model
         from forgeml.runtime import pick_device
+        from forgeml.schema import TokenSpec
 
         run_dir = Path(run_dir)
         manifest = read_manifest(run_dir)
@@ -81,7 +82,7 @@ class LanguageModel:
             raise ConfigError(f"precision {precision!r}: expected fp32 or bf16")
         cfg = load_config(read_config_dict(run_dir))
         tokenizer = LMTokenizer.from_file(run_dir / "tokenizer", kind=manifest["tokenizer"])
-        model = build_lm(cfg, tokenizer.vocab_size, run_dir=run_dir)
+        model = build_model(cfg.model, TokenSpec(tokenizer.vocab_size), run_dir=run_dir)
         load_weights(run_dir, manifest, model)
         model = model.to(pick_device())
         if precision == "bf16":

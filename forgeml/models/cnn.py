@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from forgeml.errors import ConfigError
-from forgeml.models.cnn1d import build_cnn1d
 from forgeml.schema import InputSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
@@ -117,16 +116,8 @@ class CNN(nn.Module):
 
 
 def build_cnn(cfg: CNNConfig, spec: InputSpec) -> nn.Module:
-    """Build a CNN for the image shape (or text/sequence columns), extra features and output width.
+    """Build the 2-D CNN for the image shape, extra features and output width in `spec`.
 
-    Raises:
-        ConfigError: the data has neither an image nor a text/sequence column, or has both.
+    The registry sends data with text/sequence columns (and no image) to cnn1d.py instead.
     """
-    if spec.image_shape is not None and spec.sequences:
-        raise ConfigError(
-            "model.name=cnn takes an image column or text/sequence columns, not both; "
-            "drop one kind with data.exclude"
-        )
-    if spec.image_shape is None and spec.sequences:
-        return build_cnn1d(cfg, spec)
     return CNN(cfg, spec)

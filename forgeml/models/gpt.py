@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from forgeml.errors import ConfigError
+from forgeml.schema import TokenSpec
 
 ROPE_BASE = 10000.0  # the wavelength base of RoPE (Su et al.), as in GPT-NeoX and Llama
 
@@ -43,6 +44,10 @@ class GPTConfig(BaseModel):
     # gelu: exact erf GELU; gelu_tanh: the tanh approximation GPT-2 was trained with (HF gelu_new).
     activation: Literal["gelu", "gelu_tanh"] = "gelu"
     vocab_size: int | None = Field(None, ge=1)  # None: taken from the tokenizer at build time
+
+    @property
+    def generative(self) -> bool:
+        return True  # a language model: the language_modeling task trains it
 
     @model_validator(mode="after")
     def _heads_divide_n_embd(self) -> GPTConfig:
@@ -575,8 +580,8 @@ def _cache_mask(past: KVCache, start: int, t: int, device: torch.device) -> Tens
     return (visible & (key <= query)).unsqueeze(1)  # (B, 1, T, end)
 
 
-def build_gpt(cfg: GPTConfig, vocab_size: int) -> GPT:
-    """Build a GPT for a tokenizer of `vocab_size` ids.
+def build_gpt(cfg: GPTConfig, spec: TokenSpec | int) -> GPT:
+    """Build a GPT for a tokenizer of `spec.vocab_size` ids (or `spec` ids, given as a number).
 
     `cfg.vocab_size` None takes the tokenizer's; a set one may be larger (e.g. padded to a multiple
     of 64 for faster matmuls) but not smaller.
@@ -584,6 +589,7 @@ def build_gpt(cfg: GPTConfig, vocab_size: int) -> GPT:
     Raises:
         ConfigError: model.vocab_size is smaller than the tokenizer's vocabulary.
     """
+    vocab_size = spec.vocab_size if isinstance(spec, TokenSpec) else int(spec)
     if cfg.vocab_size is None:
         cfg = cfg.model_copy(update={"vocab_size": vocab_size})
     elif cfg.vocab_size < vocab_size:

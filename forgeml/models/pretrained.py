@@ -34,11 +34,7 @@ adapters are merged into the base weights on save and the run holds a plain mode
 
 from __future__ import annotations
 
-import contextlib
-import json
-import re
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,12 +43,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from forgeml.errors import ConfigError, ForgeError
-from forgeml.packages import PREFIX, package_folder
-from forgeml.schema import InputSpec
+from forgeml.models.hf_checkpoint import (
+    check_files,
+    check_loaded,
+    load_tokenizer,
+    one_line,
+    quiet_transformers,
+    resolve_path,
+    sentence_files,
+    sentence_pooling,
+    special_ids,
+    wrap_lora,
+)
+from forgeml.schema import InputSpec, TokenSpec
 
 RUN_FOLDER = "pretrained"  # RUN/pretrained/: the checkpoint's config and tokenizer files
-SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 # Small files copied into the run: what rebuilding the model and its tokenizer needs.
 KEPT_FILES = (
     "tokenizer.json",
@@ -90,6 +95,10 @@ class PretrainedConfig(BaseModel):
     head: Literal["sequence_classification", "causal_lm"] = "sequence_classification"
     lora: LoRAConfig | None = None  # None: every weight trains
     trust_pickle: bool = False  # allow pytorch_model.bin (pickle can run code when loaded)
+
+    @property
+    def generative(self) -> bool:
+        return self.head == "causal_lm"  # the language_modeling task trains it
 
 
 # --------------------------------------------------------------------------- the module
@@ -212,7 +221,7 @@ class Pretrained(nn.Module):
         run holds a plain model that `rebuild_pretrained` builds without peft.
         """
         folder = Path(run_dir) / RUN_FOLDER
-        for name in [*KEPT_FILES, *_sentence_files(self.files)]:
+        for name in [*KEPT_FILES, *sentence_files(self.files)]:
             if (self.files / name).is_file() and self.files != folder:
                 (folder / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(self.files / name, folder / name)
@@ -221,7 +230,7 @@ class Pretrained(nn.Module):
         if self.lora is None or not self.lora.merge:
             return weights
         copy = _body(_from_config(hf_config, self.head, self.pooling), self.pooling)
-        copy = _wrap_lora(copy, self.lora, self.head, self.pooling)
+        copy = wrap_lora(copy, self.lora, self.head, self.pooling)
         inner = {k[len("model.") :]: v for k, v in weights.items() if k.startswith("model.")}
         copy.load_state_dict(inner)
         merged = copy.merge_and_unload()  # PeftModel -> the plain model, adapters folded in
@@ -232,17 +241,18 @@ class Pretrained(nn.Module):
 # --------------------------------------------------------------------------- building
 
 
-def build_pretrained(cfg: PretrainedConfig, spec: InputSpec | None) -> Pretrained:
+def build_pretrained(cfg: PretrainedConfig, spec: InputSpec | TokenSpec) -> Pretrained:
     """Load the checkpoint of `cfg.path` (offline) with the head and adapters of `cfg`.
 
-    `spec`: the data's inputs and output width (classification); None for causal_lm.
+    `spec`: the data's inputs and output width (classification), or the tokenizer's vocabulary
+    (causal_lm; it must fit the checkpoint's embeddings).
 
     Raises:
         ConfigError / ForgeError: no local copy, no weights, pickle-only weights without
             trust_pickle, LoRA target modules that do not exist, data the head cannot read.
     """
     folder = resolve_path(cfg.path)
-    _check_files(folder, cfg.trust_pickle)
+    check_files(folder, cfg.trust_pickle)
     column, out_dim, pooling, tokenizer = None, 0, None, None
     kwargs: dict[str, Any] = {}
     if cfg.head == "sequence_classification":
@@ -252,7 +262,7 @@ def build_pretrained(cfg: PretrainedConfig, spec: InputSpec | None) -> Pretraine
         if pooling is None:
             kwargs = {"num_labels": out_dim, "ignore_mismatched_sizes": True}
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model, info = _auto_class(cfg.head, pooling).from_pretrained(
                 str(folder),
                 local_files_only=True,
@@ -264,14 +274,24 @@ def build_pretrained(cfg: PretrainedConfig, spec: InputSpec | None) -> Pretraine
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ForgeError(
             f"model.path {folder}: transformers cannot load it as a {cfg.head} model "
-            f"({_one_line(exc)}); expected a directory written by save_pretrained"
+            f"({one_line(exc)}); expected a directory written by save_pretrained"
         ) from None
-    _check_loaded(model, info, folder)
+    check_loaded(model, info, folder)
     specials = _check_tokenizer(model, tokenizer, spec, column, folder) if column else ([], [])
+    if isinstance(spec, TokenSpec):
+        rows = model.get_input_embeddings().num_embeddings
+        if spec.vocab_size > rows:
+            raise ConfigError(
+                f"the tokenizer has {spec.vocab_size:,} ids but model.path {cfg.path} embeds only "
+                f"{rows:,}; use the checkpoint's own tokenizer (data.corpus.tokenizer=pretrained, "
+                "no data.corpus.tokenizer_path)"
+            )
     return _assemble(model, cfg, folder, column, out_dim, specials, pooling, tokenizer, lora=True)
 
 
-def rebuild_pretrained(cfg: PretrainedConfig, spec: InputSpec | None, run_dir: Path) -> Pretrained:
+def rebuild_pretrained(
+    cfg: PretrainedConfig, spec: InputSpec | TokenSpec, run_dir: Path
+) -> Pretrained:
     """The module of a finished run, from RUN/pretrained/ only (weights: load_weights next).
 
     The architecture comes from the run's config.json with random weights; `cfg.path` is not
@@ -313,7 +333,7 @@ def _assemble(
     pad_id = _pad_id(model, tokenizer)
     model = _body(model, pooling)
     if lora and cfg.lora is not None:
-        model = _wrap_lora(model, cfg.lora, cfg.head, pooling)
+        model = wrap_lora(model, cfg.lora, cfg.head, pooling)
     return Pretrained(
         model,
         head=cfg.head,
@@ -325,152 +345,6 @@ def _assemble(
         pooling=pooling,
         out_dim=out_dim,
     )
-
-
-def sentence_pooling(folder: Path) -> str | None:
-    """The pooling of a sentence-transformers directory (modules.json names a Pooling module):
-    "mean", "cls" or "max"; None for other directories.
-
-    Such a checkpoint was trained to give its sentence embedding through that pooling, not
-    through BERT's [CLS] pooler (left untrained): a linear probe on MiniLM's mean-pooled states
-    scores 0.89 on yelp sentiment, on its pooler output 0.77. Its final Normalize is left out,
-    as a Linear head follows.
-    """
-    for path in _sentence_files(folder)[1:]:
-        try:
-            options = json.loads((folder / path).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        for mode, key in (
-            ("mean", "pooling_mode_mean_tokens"),
-            ("cls", "pooling_mode_cls_token"),
-            ("max", "pooling_mode_max_tokens"),
-        ):
-            if options.get(key):
-                return mode
-    return None
-
-
-def _sentence_files(folder: Path) -> list[str]:
-    """["modules.json", "<Pooling folder>/config.json"] of a sentence-transformers directory."""
-    try:
-        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-        pooling = [m["path"] for m in modules if str(m.get("type", "")).endswith(".Pooling")]
-    except (OSError, ValueError, TypeError, KeyError):
-        return []
-    return ["modules.json", f"{pooling[0]}/config.json"] if pooling else []
-
-
-def resolve_path(path: str) -> Path:
-    """model.path -> an existing local directory; never downloads.
-
-    `pkg:NAME[/SUB]` is the folder SUB (default "model") of the installed package NAME, located
-    with importlib's finder: the package's code is not run.
-    """
-    if path.startswith(PREFIX):
-        return package_folder(path, "model.path")
-    folder = Path(path).expanduser()
-    if folder.is_dir():
-        return folder.resolve()
-    if folder.exists():
-        raise ConfigError(
-            f"model.path {path} is a file; expected the model directory that holds config.json "
-            "and model.safetensors"
-        )
-    if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) and not path.startswith("."):
-        raise ForgeError(
-            f"model.path={path!r} is not a local directory: no local copy of {path}, and forgeml "
-            f"never downloads; download it with huggingface-cli download {path} --local-dir DIR "
-            "and set model.path: DIR"
-        )
-    raise ConfigError(
-        f"model.path {path} does not exist; expected a Hugging Face model directory "
-        "(config.json, model.safetensors) or pkg:NAME"
-    )
-
-
-def load_tokenizer(folder: Path):
-    """The checkpoint's `tokenizers.Tokenizer` (FOLDER/tokenizer.json), without the padding and
-    truncation a saved file may switch on (forgeml pads and cuts itself)."""
-    from tokenizers import Tokenizer
-
-    file = Path(folder) / "tokenizer.json"
-    if not file.is_file():
-        raise ConfigError(
-            f"{folder} has no tokenizer.json; forgeml reads text with the checkpoint's fast "
-            "tokenizer: write it once with transformers' AutoTokenizer.from_pretrained(DIR)"
-            ".save_pretrained(DIR)"
-        )
-    try:
-        tokenizer = Tokenizer.from_file(str(file))
-    except Exception as exc:  # the Rust parser raises plain Exception
-        raise ConfigError(f"{file} is not a valid tokenizer.json ({_one_line(exc)})") from None
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    return tokenizer
-
-
-def special_ids(tokenizer, folder: Path) -> tuple[list[int], list[int]]:
-    """The ids the post-processor puts before and after one text: ([101], [102]) for BERT's
-    [CLS] ... [SEP]; ([], []) for a tokenizer without one (GPT-2)."""
-    plain = tokenizer.encode("hello world", add_special_tokens=False).ids
-    full = tokenizer.encode("hello world", add_special_tokens=True).ids
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return full[:start], full[start + len(plain) :]
-    raise ConfigError(
-        f"{folder / 'tokenizer.json'}: its post-processor changes the text's own tokens, so "
-        "forgeml cannot tell its special tokens apart; use a tokenizer.json with a "
-        "TemplateProcessing post-processor"
-    )
-
-
-def use_checkpoint_tokenizer(config: Any, table: Any) -> Any:
-    """`prepare`'s step for a pretrained text classifier: the data's one text column is read
-    with the checkpoint's tokenizer.json unless the column names a tokenizer_file.
-
-    Our cleaning's `lowercase` then defaults to off (the checkpoint's normaliser decides;
-    a cased model must see capitals); set it in data.columns.<col>.text to override.
-
-    Returns:
-        The config with data.columns.<col> declared as text with that tokenizer_file.
-    """
-    from forgeml.config import load_config
-    from forgeml.data.columns import feature_names
-    from forgeml.data.text import TextConfig
-
-    if config.model.head != "sequence_classification":
-        return config
-    data = config.data
-    names = feature_names(table, data)
-    if len(names) != 1:
-        raise ConfigError(
-            f"model.name=pretrained reads one text column, but {table.source} has "
-            f"{len(names)} feature columns ({', '.join(names)}); keep the text column and add "
-            "the others to data.exclude"
-        )
-    (name,) = names
-    column = data.columns.get(name)
-    if column is not None and column.type not in (None, "text"):
-        raise ConfigError(
-            f"data.columns.{name}.type={column.type}: model.name=pretrained reads text; "
-            f"declare '{name}' as text"
-        )
-    text = column.text if column is not None and column.text is not None else TextConfig()
-    if text.tokenizer_file is None:
-        folder = resolve_path(config.model.path)
-        load_tokenizer(folder)  # a clear error now if it has none
-        updates: dict[str, Any] = {"tokenizer_file": str(folder / "tokenizer.json")}
-        if "lowercase" not in text.model_fields_set:
-            updates["lowercase"] = False
-        text = TextConfig.model_validate({**text.model_dump(), **updates})
-    raw = config.to_dict()
-    raw["data"]["columns"][name] = {
-        **raw["data"]["columns"].get(name, {}),
-        "type": "text",
-        "text": text.model_dump(),
-    }
-    return load_config(raw)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -487,7 +361,7 @@ def _auto_class(head: str, pooling: str | None):
 
 
 def _from_config(hf_config: Any, head: str, pooling: str | None) -> nn.Module:
-    with _quiet_transformers():
+    with quiet_transformers():
         return _auto_class(head, pooling).from_config(hf_config, dtype=torch.float32)
 
 
@@ -503,44 +377,6 @@ def _base(model: nn.Module) -> nn.Module:
     """The transformers model inside a peft wrapper (or the model itself)."""
     get = getattr(model, "get_base_model", None)
     return get() if get is not None else model
-
-
-def _check_files(folder: Path, trust_pickle: bool) -> None:
-    if not (folder / "config.json").is_file():
-        raise ConfigError(
-            f"model.path {folder} has no config.json; expected a Hugging Face model directory "
-            "written by save_pretrained"
-        )
-    if any((folder / name).is_file() for name in SAFE_WEIGHTS):
-        return
-    pickled = [name for name in PICKLE_WEIGHTS if (folder / name).is_file()]
-    if pickled and not trust_pickle:
-        raise ConfigError(
-            f"model.path {folder} has only pickle weights ({pickled[0]}), which can run code "
-            "when loaded; convert them to model.safetensors, or pass --trust-pickle (model.trust_pickle=true) if "
-            "you trust where they came from"
-        )
-    if not pickled:
-        present = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
-        raise ForgeError(
-            f"model.path {folder} has no weights (found: {present}); expected model.safetensors "
-            "as save_pretrained writes it"
-        )
-
-
-def _check_loaded(model: nn.Module, info: dict[str, Any], folder: Path) -> None:
-    """Only the new head may be missing from the checkpoint (and BERT's pooler, which some
-    encoders are saved without); a missing body weight means config and weights disagree."""
-    bare = getattr(model, "base_model", model) is model  # AutoModel: every weight is body
-    prefix = "" if bare else model.base_model_prefix + "."
-    body = sorted(
-        k for k in info.get("missing_keys", ()) if k.startswith(prefix) and "pooler." not in k
-    )
-    if body:
-        raise ForgeError(
-            f"model.path {folder}: the weights do not fit config.json: {len(body)} weights of the "
-            f"model are missing (e.g. {', '.join(body[:3])}); check the directory's files"
-        )
 
 
 def _text_column(spec: InputSpec | None) -> tuple[str, int]:
@@ -619,80 +455,3 @@ def _pad_id(model: nn.Module, tokenizer: Any) -> int:
         pad = 0 if pad is None else pad
         hf.pad_token_id = pad
     return int(pad)
-
-
-def _wrap_lora(model: nn.Module, lora: LoRAConfig, head: str, pooling: str | None) -> nn.Module:
-    """peft adapters on `lora.target_modules`. The classification head stays trainable: peft's
-    modules_to_save for an Auto head; our own Linear (with `pooling`) is outside peft's model."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    if lora.target_modules is not None:
-        _check_targets(model, lora.target_modules)
-    if head == "causal_lm":
-        task = TaskType.CAUSAL_LM
-    else:
-        task = TaskType.FEATURE_EXTRACTION if pooling is not None else TaskType.SEQ_CLS
-    config = LoraConfig(
-        task_type=task,
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-    )
-    try:
-        with warnings.catch_warnings():
-            # Noise on every load, nothing to act on: peft switches GPT-2's Conv1D to
-            # fan_in_fan_out itself, and reads a property transformers 5 deprecates.
-            warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-            return get_peft_model(model, config)
-    except ValueError as exc:  # e.g. no default target modules known for this architecture
-        raise ConfigError(
-            f"model.lora: peft cannot adapt {type(model).__name__} ({_one_line(exc)}); set "
-            f"model.lora.target_modules to some of: {', '.join(_adaptable(model))}"
-        ) from None
-
-
-def _adaptable(model: nn.Module) -> list[str]:
-    """Last name parts of the modules LoRA can adapt (Linear, and GPT-2's Conv1D)."""
-    kinds: tuple[type, ...] = (nn.Linear,)
-    with contextlib.suppress(ImportError):
-        from transformers.pytorch_utils import Conv1D
-
-        kinds = (nn.Linear, Conv1D)
-    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, kinds)}
-    return sorted(names)
-
-
-def _check_targets(model: nn.Module, targets: list[str]) -> None:
-    """Each target must name a module the way peft matches a list: the whole name or a
-    dotted suffix of it."""
-    names = [name for name, _ in model.named_modules()]
-    for target in targets:
-        if not any(name == target or name.endswith("." + target) for name in names):
-            raise ConfigError(
-                f"model.lora.target_modules: {target!r} matches no module of "
-                f"{type(model).__name__}; its Linear modules are: {', '.join(_adaptable(model))}"
-            )
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """No load report or progress bar from transformers: a new head being initialised is
-    expected here, and other problems are checked and raised by `_check_loaded`."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]

@@ -44,11 +44,11 @@ from forgeml.serve import codec, protocol
 from forgeml.serve import openai as openai_api
 from forgeml.serve.batching import Batcher, QueueFull, ShuttingDown
 from forgeml.serve.codec import Locate, RequestError
-from forgeml.serve.generation import Scheduler, ServedLM
+from forgeml.serve.generation import Scheduler
 from forgeml.serve.limits import ApiKeyMiddleware, BodyLimitMiddleware, error_response
 from forgeml.serve.metrics import MetricsMiddleware, ServeMetrics
-from forgeml.serve.models import ServedModel
 from forgeml.serve.settings import ServeSettings
+from forgeml.tasks.table.serving import ServedModel
 
 log = logging.getLogger("forgeml.serve")
 RETRY_AFTER = {"Retry-After": "1"}
@@ -61,12 +61,12 @@ class Server:
     def __init__(
         self,
         settings: ServeSettings,
-        models: list[ServedModel | ServedLM],
+        models: list[Any],
         on_fatal: Callable[[BaseException], None] | None,
     ) -> None:
         self.settings = settings
         self.metrics = ServeMetrics(
-            [m.name for m in models], generators=[m.name for m in models if isinstance(m, ServedLM)]
+            [m.name for m in models], generators=[m.name for m in models if m.protocol == "openai"]
         )
         self.on_fatal = on_fatal
         options = {
@@ -78,12 +78,12 @@ class Server:
         self.batchers = {
             m.name: Batcher(m, merge=settings.batching, **options)  # type: ignore[arg-type]
             for m in models
-            if isinstance(m, ServedModel)
+            if m.protocol == "kserve"
         }
         self.generators = {
             m.name: Scheduler(m, batching=settings.batching, **options)  # type: ignore[arg-type]
             for m in models
-            if isinstance(m, ServedLM)
+            if m.protocol == "openai"
         }
 
     @property
@@ -183,7 +183,7 @@ class Server:
 
 def create_app(
     settings: ServeSettings,
-    models: list[ServedModel | ServedLM],
+    models: list[Any],
     *,
     on_fatal: Callable[[BaseException], None] | None = None,
     extra_routers: Sequence[APIRouter] = (),

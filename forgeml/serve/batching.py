@@ -31,8 +31,8 @@ import torch
 
 from forgeml.errors import ForgeError
 from forgeml.serve.codec import Locate, data_error_field
-from forgeml.serve.models import ServedModel, merge_inputs
 from forgeml.serve.values import RequestError
+from forgeml.tasks.table.serving import ServedModel
 
 log = logging.getLogger("forgeml.serve")
 SOURCE = "request"  # preprocessing errors read "request, record 3, column 'age': ..."
@@ -291,3 +291,33 @@ def _settle(job: Job, *, result: Any = None, error: BaseException | None = None)
         job.loop.call_soon_threadsafe(apply)
     except RuntimeError:  # the loop has closed: nobody is waiting any more
         pass
+
+
+# Keys of a model batch whose dim 1 is a per-batch length (schema.py): padded when merging.
+_PADDED_PREFIXES = ("text:", "seq:", "mask:")
+
+
+def merge_inputs(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate the model inputs of several requests along the rows.
+
+    Text and sequence columns (and their masks) are padded at the end of dim 1 to the longest
+    of the parts: ids 0 (padding), mask False, values 0. Rows stay left-aligned, so each row's
+    output is what it would be alone (`TensorData.batch` trims the padding again).
+    """
+    if len(parts) == 1:
+        return parts[0]
+    merged = {}
+    for key in parts[0]:
+        tensors = [p[key] for p in parts]
+        if key.startswith(_PADDED_PREFIXES):
+            width = max(t.shape[1] for t in tensors)
+            tensors = [_pad_dim1(t, width) for t in tensors]
+        merged[key] = torch.cat(tensors)
+    return merged
+
+
+def _pad_dim1(t: torch.Tensor, width: int) -> torch.Tensor:
+    if t.shape[1] == width:
+        return t
+    pad = torch.zeros((t.shape[0], width - t.shape[1], *t.shape[2:]), dtype=t.dtype)
+    return torch.cat([t, pad], dim=1)

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from forgeml.serve.models import InputColumn, ServedModel
 from forgeml.serve.protocol import InferRequest, PredictRequest, RequestedOutput
 from forgeml.serve.values import (
     DATATYPES,
@@ -29,6 +28,7 @@ from forgeml.serve.values import (
     invalid,
     short_shape,
 )
+from forgeml.tasks.table.serving import InputColumn, ServedModel
 
 # "<source>, record <n>, column '<name>'": where a preprocessing DataError points.
 _RECORD_REF = re.compile(r"record (\d+), column '([^']*)'")

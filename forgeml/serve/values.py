@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from forgeml.errors import ForgeError
-from forgeml.serve.models import InputColumn
+from forgeml.tasks.table.serving import InputColumn
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_RANK = 4  # [N, H, W, C] is the most any column takes

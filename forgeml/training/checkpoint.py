@@ -36,10 +36,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from forgeml.distributed import barrier, is_sharded
 from forgeml.errors import CheckpointError
 from forgeml.run_dir import drop_aliases, sha256_file
-from forgeml.training.distributed import barrier
-from forgeml.training.strategy import is_sharded, save_sharded
+from forgeml.training.strategy import save_sharded
 
 PREFIX = "step-"
 FILES = ("optim.pt", "trainer.json")  # and model.safetensors or sharded/.metadata

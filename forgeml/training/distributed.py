@@ -18,20 +18,17 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from forgeml.distributed import (  # noqa: F401 (re-exported for the launcher's callers)
+    all_gather,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    is_main,
+    rank,
+    world_size,
+)
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def is_main() -> bool:
-    """True on rank 0 (and in a single process): the one rank that logs and writes files."""
-    return rank() == 0
 
 
 def init_from_env() -> None:
@@ -59,34 +56,6 @@ def init_from_env() -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over ranks in place (gloo and NCCL both reduce CPU/GPU tensors here)."""
-    if world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def all_reduce_max(value: int) -> int:
-    """The largest of an integer over ranks (the value itself in one process)."""
-    if world_size() == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.int64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
-
-
-def all_gather(tensor: torch.Tensor) -> torch.Tensor:
-    """Every rank's copy of a (CPU) tensor stacked along a new first dim: (world, *shape)."""
-    parts = [torch.empty_like(tensor) for _ in range(world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.stack(parts)
 
 
 def restart_count() -> int:

@@ -14,30 +14,42 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from rich.console import Console
 from torch import Tensor, nn
 
 from forgeml.config import TrainConfig
-from forgeml.data.tensors import TensorData
+from forgeml.distributed import (
+    all_gather,
+    all_reduce_max,
+    all_reduce_sum,
+    global_mean,
+    is_sharded,
+    world_size,
+)
+from forgeml.distributed import rank as dist_rank
 from forgeml.errors import ConfigError, ForgeError
-from forgeml.evaluation.metrics import MetricSet, metric_mode, scalar_metrics
+from forgeml.evaluation.metrics import metric_mode, scalar_metrics
 from forgeml.run_dir import load_state
 from forgeml.runtime import autocast, resolve_precision
 from forgeml.training.checkpoint import Checkpointer, capture_rng, restore_rng
-from forgeml.training.distributed import all_gather, all_reduce_max, all_reduce_sum, world_size
-from forgeml.training.distributed import rank as dist_rank
 from forgeml.training.optim import build_optimizer, build_scheduler
 from forgeml.training.progress import TrainingProgress
-from forgeml.training.strategy import gradient_sync, is_sharded, load_sharded, plain, wrap
+from forgeml.training.strategy import gradient_sync, load_sharded, plain, wrap
 
-Augment = Callable[[dict[str, Tensor], torch.Generator], dict[str, Tensor]]
-LossFn = Callable[[Tensor, Tensor], Tensor]
+
+class Steps(Protocol):
+    """The task's part of the loop (forgeml/tasks/base.py `TaskSteps` is one)."""
+
+    loss: Callable[[Tensor, Tensor], Tensor]  # (float32 outputs, target) -> mean loss
+    evaluate: Callable[[nn.Module, Any, str], dict[str, Any]]  # (model, data, precision)
+    augment: Callable[[dict[str, Tensor], torch.Generator], dict[str, Tensor]] | None
+    describe_rate: Callable[[float], str] | None  # samples/s -> more of the log line
 
 
 @dataclass
@@ -81,22 +93,17 @@ class LoopState:
 
 def fit(
     model: nn.Module,
-    train: TensorData,
-    val: TensorData | None,
+    train: Any,
+    val: Any | None,
     cfg: TrainConfig,
     *,
-    task: str,
-    loss_fn: LossFn,
+    steps: Steps,
     seed: int,
-    class_names: list[str] | None = None,
-    augment: Augment | None = None,
     callbacks: Sequence[Any] = (),
     console: Console | None = None,
     quiet: bool = False,
-    target_scale: tuple[float, float] | None = None,
     checkpointer: Checkpointer | None = None,
     resume: dict[str, Any] | None = None,
-    log_extras: Callable[[float], str] | None = None,
 ) -> FitResult:
     """Train `model` in place until a convergence rule fires; returns what happened.
 
@@ -105,7 +112,7 @@ def fit(
     `target_scale` is a regression target's (mean, std): see `evaluate`. With a `checkpointer`
     the loop writes checkpoints per `cfg.checkpoint`; `resume` (a loaded checkpoint) continues
     exactly where it was written: same batches, same RNG draws, same weights.
-    `log_extras(samples_per_s)` returns text for the periodic log line (tokens/s, MFU).
+    `steps` is the task's part: its loss, its eval step, augmentation and log-line extras.
 
     `train` and `val` are `TensorData` or anything with its `__len__`, `batch(index)` and
     `to(device)` (language models: `forgeml.data.corpus.TokenBlocks`, one row per block).
@@ -218,19 +225,9 @@ def fit(
         total=min(cfg.max_epochs * batches_per_epoch, total_steps * accum),
         max_steps=total_steps if total_steps < steps_per_epoch else None,
     )
-    eval_batch_size = cfg.eval_batch_size or 4 * batch_size
 
     def evaluate_val() -> dict[str, Any]:
-        return evaluate(
-            model,
-            val,
-            task=task,
-            loss_fn=loss_fn,
-            class_names=class_names,
-            batch_size=eval_batch_size,
-            precision=precision,
-            target_scale=target_scale,
-        )
+        return steps.evaluate(model, val, precision)
 
     every_steps = cfg.checkpoint.every_steps if checkpointer else None
     every_epochs = cfg.checkpoint.every_epochs if checkpointer else None
@@ -253,8 +250,8 @@ def fit(
                 index = permutation[batch * batch_size : (batch + 1) * batch_size]  # global
                 local = index[rank::world] if world > 1 else index  # this rank's rows of it
                 inputs, target = train.batch(local)
-                if augment is not None:
-                    inputs = augment(inputs, augment_rng)
+                if steps.augment is not None:
+                    inputs = steps.augment(inputs, augment_rng)
                 stepping = (batch + 1) % accum == 0 or batch + 1 == batches_per_epoch
                 if buffers and batch % accum == 0:  # the first micro-batch of a step
                     torch._foreach_copy_(buffers_before, buffers)
@@ -269,7 +266,7 @@ def fit(
                 with gradient_sync(net, stepping):
                     with autocast(precision, device):
                         outputs = net(inputs)  # (B, out_dim)
-                    loss = loss_fn(outputs.float(), target)
+                    loss = steps.loss(outputs.float(), target)
                     (loss * scale if scale != 1.0 else loss).backward()
                 group_loss.add_(loss.detach(), alpha=len(local))
                 group_rows += len(local)
@@ -326,7 +323,7 @@ def fit(
                         batch=batch + 1,
                         loss=loss.item(),
                         samples_per_s=rate,
-                        extra=log_extras(rate) if log_extras is not None else "",
+                        extra=steps.describe_rate(rate) if steps.describe_rate else "",
                         step=state.step,
                     )
                 if (
@@ -338,7 +335,7 @@ def fit(
                 ):
                     # Mid-epoch evaluation: recorded and reported, not used for early stopping.
                     lr = optimizer.param_groups[0]["lr"]
-                    so_far = {"loss": _global_mean(loss_sum, state.seen)}
+                    so_far = {"loss": global_mean(loss_sum, state.seen)}
                     rows = [
                         _row(state.step, state.epoch, "train", so_far, lr, None),
                         _row(
@@ -359,7 +356,7 @@ def fit(
             # ---- end of epoch: evaluate, record, check convergence
             epoch = state.epoch
             elapsed = max(time.perf_counter() - started, 1e-9)
-            train_loss = _global_mean(loss_sum, state.seen)
+            train_loss = global_mean(loss_sum, state.seen)
             lr = optimizer.param_groups[0]["lr"]
             rate = state.seen * world / elapsed  # rows/s over all ranks (shards are equal)
             rows = [_row(state.step, epoch, "train", {"loss": train_loss}, lr, rate)]
@@ -426,74 +423,6 @@ def fit(
     )
     _emit(callbacks, "on_train_end", result)
     return result
-
-
-@torch.no_grad()
-def forward_batches(
-    model: nn.Module, data: TensorData, *, batch_size: int, precision: str
-) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """Eval-mode outputs batch by batch: yields ((B, out_dim) float32 outputs, (B,) target)."""
-    device = next(model.parameters()).device
-    model.eval()
-    for start in range(0, len(data), batch_size):
-        inputs, target = data.batch(slice(start, start + batch_size))
-        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-        with autocast(precision, device):
-            outputs = model(inputs)
-        yield outputs.float(), (target.to(device) if target is not None else None)
-
-
-def evaluate(
-    model: nn.Module,
-    data: TensorData,
-    *,
-    task: str,
-    loss_fn: LossFn,
-    class_names: list[str] | None = None,
-    batch_size: int = 256,
-    precision: str = "fp32",
-    target_scale: tuple[float, float] | None = None,
-) -> dict[str, Any]:
-    """Streaming metrics and mean loss of `model` on labelled `data`.
-
-    `target_scale`: the (mean, std) a regression target was standardised with. The loss stays
-    on the standardised scale it is trained on; mae/mse/rmse are reported in the target's units.
-    """
-    device = next(model.parameters()).device
-    everything = data
-    if world_size() > 1:  # each rank scores its slice; the metric states are reduced below
-        data = TensorData(*data.batch(slice(dist_rank(), None, world_size())))
-    if task == "language_modeling":
-        return _evaluate_lm(model, data, loss_fn, batch_size=batch_size, precision=precision)
-    if is_sharded(model):
-        # An FSDP forward is a collective: every rank must run as many batches as the others.
-        batches = math.ceil(len(data) / batch_size)
-        for _ in range(all_reduce_max(batches) - batches):
-            next(forward_batches(model, everything, batch_size=1, precision=precision))
-    metrics = MetricSet(task, class_names=class_names, device=device)
-    loss_sum, count = torch.zeros((), device=device), 0
-    for outputs, target in forward_batches(model, data, batch_size=batch_size, precision=precision):
-        loss_sum += loss_fn(outputs, target) * len(target)
-        count += len(target)
-        if target_scale is not None:
-            mean, std = target_scale
-            wide = torch.float32 if device.type == "mps" else torch.float64  # MPS: no float64
-            outputs, target = outputs.to(wide) * std + mean, target.to(wide) * std + mean
-        metrics.update(outputs, target)
-    return {"loss": _global_mean(loss_sum, count), **metrics.compute()}
-
-
-def _evaluate_lm(
-    model: nn.Module, data: Any, loss_fn: LossFn, *, batch_size: int, precision: str
-) -> dict[str, Any]:
-    """Mean next-token loss over every token of `data`'s blocks, and its perplexity."""
-    device = next(model.parameters()).device
-    loss_sum, count = torch.zeros((), device=device, dtype=torch.float64), 0
-    for outputs, target in forward_batches(model, data, batch_size=batch_size, precision=precision):
-        loss_sum += loss_fn(outputs, target).double() * target.numel()  # (B, T) tokens
-        count += target.numel()
-    loss = _global_mean(loss_sum, count)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -626,15 +555,6 @@ def _load_strict(model: nn.Module, state: dict[str, Tensor]) -> None:
             f"the checkpoint does not fit the model (missing: {missing[:5]}, unexpected: "
             f"{unexpected[:5]}); the model config or code changed since it was written"
         )
-
-
-def _global_mean(total: Tensor, count: int) -> float:
-    """total / count over all ranks (just this process's numbers without torch.distributed)."""
-    if world_size() == 1:
-        return (total / max(count, 1)).item()
-    both = torch.stack([total.double(), torch.tensor(float(count), device=total.device).double()])
-    both = all_reduce_sum(both)
-    return (both[0] / max(both[1].item(), 1.0)).item()
 
 
 def _headline(metrics: dict[str, float]) -> dict[str, float]:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from forgeml.training.distributed import world_size
+from forgeml.distributed import is_sharded, world_size
 
 
 def wrap(model: nn.Module, strategy: str) -> nn.Module:
@@ -61,12 +61,6 @@ def _units(model: nn.Module) -> list[nn.Module]:
     if blocks:
         return blocks
     return [child for child in model.children() if any(True for _ in child.parameters())]
-
-
-def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ from PIL import Image
 from rich.console import Console
 
 import forgeml
-from forgeml.api import prepare
 from forgeml.config import DataConfig, load_config
 from forgeml.data.bad_rows import MAX_EXAMPLES, BadRows, RowChecks, check_splits
 from forgeml.data.preprocess import Preprocessor
@@ -21,6 +20,7 @@ from forgeml.data.sources import read_table
 from forgeml.data.split import is_numeric_column, parse_float_column
 from forgeml.data.table import Table
 from forgeml.errors import DataError
+from forgeml.tasks.table.prepare import prepare
 
 
 def obj(values) -> np.ndarray:

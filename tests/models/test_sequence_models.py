@@ -15,7 +15,8 @@ from forgeml.config import load_config
 from forgeml.errors import ConfigError
 from forgeml.models.cnn import CNNConfig
 from forgeml.models.cnn1d import MaskedBatchNorm1d, masked_pool
-from forgeml.models.registry import MODELS, build_model, count_parameters
+from forgeml.models.registry import FAMILIES as REGISTRY
+from forgeml.models.registry import build_model, count_parameters
 from forgeml.models.rnn import RNNConfig, RNNEncoder
 from forgeml.models.sequence import (
     AttentionPooling,
@@ -417,7 +418,7 @@ def test_image_with_sequences_is_a_config_error() -> None:
 
 
 def test_registry_and_config_know_the_new_families() -> None:
-    assert {"rnn", "transformer"} <= set(MODELS)
+    assert {"rnn", "transformer"} <= set(REGISTRY)
     cfg = load_config(
         {"data": {"source": "x.csv"}, "model": {"name": "rnn", "cell": "gru", "pooling": "max"}}
     )

@@ -12,10 +12,10 @@ import pytest
 import torch
 from serve_helpers import Runs
 
-from forgeml.serve.batching import Batcher, QueueFull
-from forgeml.serve.models import ServedModel, merge_inputs
+from forgeml.serve.batching import Batcher, QueueFull, merge_inputs
 from forgeml.serve.values import RequestError
 from forgeml.tasks.table.predictor import Predictor
+from forgeml.tasks.table.serving import ServedModel
 
 
 class Recorder:

@@ -23,6 +23,7 @@ import forgeml
 from forgeml.config import TrainConfig
 from forgeml.data.tensors import TensorData
 from forgeml.models.registry import UserModule
+from forgeml.tasks.table.evaluate import table_steps
 from forgeml.training.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -78,8 +79,7 @@ def train(
         data if data is not None else blobs(),
         val,
         cfg,
-        task="multiclass",
-        loss_fn=loss_fn,
+        steps=table_steps("multiclass", loss_fn),
         seed=0,
         quiet=True,
         checkpointer=checkpointer,

@@ -17,9 +17,11 @@ import forgeml
 from forgeml.config import LossConfig, TrainConfig
 from forgeml.data.tensors import TensorData
 from forgeml.errors import ConfigError
+from forgeml.inference.batches import forward_batches
 from forgeml.models.registry import UserModule
-from forgeml.training.loop import FitResult, evaluate, fit, forward_batches
-from forgeml.training.optim import build_loss
+from forgeml.tasks.table.evaluate import evaluate, table_steps
+from forgeml.tasks.table.loss import build_loss
+from forgeml.training.loop import FitResult, fit
 
 
 def blobs(n: int = 120, features: int = 4, classes: int = 3, seed: int = 0) -> TensorData:
@@ -63,8 +65,7 @@ def run(
         train,
         val,
         cfg,
-        task="multiclass",
-        loss_fn=loss_fn or nn.CrossEntropyLoss(),
+        steps=table_steps("multiclass", loss_fn or nn.CrossEntropyLoss()),
         seed=seed,
         callbacks=callbacks,
         quiet=True,

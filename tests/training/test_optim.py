@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from forgeml.config import LossConfig, OptimizerConfig, SchedulerConfig
-from forgeml.training.optim import build_loss, build_optimizer, build_scheduler
+from forgeml.tasks.table.loss import build_loss
+from forgeml.training.optim import build_optimizer, build_scheduler
 
 
 def tiny_model() -> nn.Module:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -21,11 +21,13 @@ from forgeml.data.sources import IMAGE_EXTENSIONS, read_table
 from forgeml.data.table import Table
 from forgeml.data.tensors import TensorData
 from forgeml.errors import DataError, ForgeError
+from forgeml.inference.batches import forward_batches
 from forgeml.models.registry import UserModule, build_model
 from forgeml.run_dir import load_weights, read_config_dict, read_manifest
 from forgeml.runtime import pick_device, resolve_precision
-from forgeml.training.loop import evaluate, forward_batches
-from forgeml.training.optim import build_loss
+from forgeml.schema import Task
+from forgeml.tasks.table.evaluate import evaluate
+from forgeml.tasks.table.loss import build_loss
 
 
 class Predictor:
@@ -57,12 +59,12 @@ class Predictor:
         self.last_truncated: dict[str, int] = {}
         self._last_num_rows = 0
         self.manifest = read_manifest(self.run_dir)
-        if backend == "onnx" and self.manifest.get("task") == "language_modeling":
+        kind = self.manifest.get("task")
+        if kind not in get_args(Task):
             raise ForgeError(
-                f"{self.run_dir} is a language model (task language_modeling); --backend onnx "
-                "runs table models, not text generation: generate with forgeml generate "
-                f"{self.run_dir} --prompt TEXT (Python: forgeml.load(run_dir).generate(TEXT)), "
-                "or run the export's tokens -> logits graph yourself (see docs/export.md)"
+                f"{self.run_dir} is not a table model (task {kind}); forgeml.load(run_dir) gives "
+                "what its task predicts with (a language model generates text: forgeml generate "
+                f"{self.run_dir} --prompt TEXT)"
             )
         self.config = load_config(read_config_dict(self.run_dir))
         self.preprocessor = Preprocessor.load(self.run_dir / "preprocess")
@@ -73,7 +75,7 @@ class Predictor:
             self.model = OnnxBackend.for_run(self.run_dir)
             self.device = torch.device("cpu")
             self.precision = resolve_precision("fp32", self.device)
-            self.batch_size = self.config.train.eval_batch_size or 4 * self.config.train.batch_size
+            self.batch_size = self.config.train.eval_batch
             return
         if self.manifest.get("model") == "custom":
             if module is None:
@@ -81,7 +83,7 @@ class Predictor:
                     f"{self.run_dir} was trained on a custom nn.Module; pass a fresh instance: "
                     "forgeml.load(run_dir, module=MyModule())"
                 )
-            model = module if isinstance(module, UserModule) else UserModule(module)
+            model = UserModule.wrap(module)
         else:
             model = build_model(self.config.model, self.preprocessor.spec, run_dir=self.run_dir)
         load_weights(self.run_dir, self.manifest, model)
@@ -90,7 +92,7 @@ class Predictor:
         # The run's resolved precision, so predictions reproduce its metrics.
         trained = self.manifest.get("precision") or self.config.train.precision
         self.precision = resolve_precision(precision or trained, self.device)
-        self.batch_size = self.config.train.eval_batch_size or 4 * self.config.train.batch_size
+        self.batch_size = self.config.train.eval_batch
 
     @property
     def task(self) -> str:
@@ -118,6 +120,17 @@ class Predictor:
         self._count_truncated(table.num_rows)
         outputs = self.raw_outputs(TensorData(features, None))
         return self.preprocessor.decode(outputs)
+
+    def predict_file(self, path: str | Path) -> list[dict]:
+        """`predict` for a file or folder (`forgeml predict`). A prediction from image files
+        comes with the image's path first: an image folder has no other row identity."""
+        table = self.to_table(path)
+        rows = self.predict(table)
+        images = [f.name for f in self.preprocessor.features if f.type == "image"]
+        column = table.columns.get(images[0]) if images else None
+        if column is not None and len(column) and isinstance(column[0], str):
+            rows = [{images[0]: where, **row} for where, row in zip(column, rows, strict=True)]
+        return rows
 
     @torch.inference_mode()
     def raw_outputs(self, data: TensorData) -> torch.Tensor:

@@ -22,8 +22,6 @@ from forgeml.run_dir import read_manifest
 from forgeml.schema import FeatureSpec
 
 Kind = Literal["numeric", "category", "text", "image", "sequence"]
-# Keys of a model batch whose dim 1 is a per-batch length (schema.py): padded when merging.
-_PADDED_PREFIXES = ("text:", "seq:", "mask:")
 
 
 @dataclass(frozen=True)
@@ -36,18 +34,10 @@ class InputColumn:
     spec: FeatureSpec | None  # None: one numeric column of a `data.sequences` run
 
 
-def open_run(run_dir: str | Path, name: str) -> Any:
-    """The served form of a finished run: a `ServedModel`, or for a language-model run a
-    `ServedLM` (generation.py; OpenAI-compatible routes). Checked now, loaded later."""
-    if read_manifest(Path(run_dir)).get("task") == "language_modeling":
-        from forgeml.serve.generation import ServedLM
-
-        return ServedLM(run_dir, name)
-    return ServedModel(run_dir, name)
-
-
 class ServedModel:
     """A finished run directory, checked at construction and loaded by `load()`."""
+
+    protocol = "kserve"  # served by the KServe v2 and :predict routes (forgeml/serve/)
 
     def __init__(self, run_dir: str | Path, name: str) -> None:
         self.run_dir = Path(run_dir)
@@ -141,29 +131,3 @@ def input_columns(features: list[FeatureSpec], runs: dict[str, list[str]]) -> li
         else:
             columns.append(InputColumn(f.name, f.type, f.fill == "error", f))
     return columns
-
-
-def merge_inputs(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Concatenate the model inputs of several requests along the rows.
-
-    Text and sequence columns (and their masks) are padded at the end of dim 1 to the longest
-    of the parts: ids 0 (padding), mask False, values 0. Rows stay left-aligned, so each row's
-    output is what it would be alone (`TensorData.batch` trims the padding again).
-    """
-    if len(parts) == 1:
-        return parts[0]
-    merged = {}
-    for key in parts[0]:
-        tensors = [p[key] for p in parts]
-        if key.startswith(_PADDED_PREFIXES):
-            width = max(t.shape[1] for t in tensors)
-            tensors = [_pad_dim1(t, width) for t in tensors]
-        merged[key] = torch.cat(tensors)
-    return merged
-
-
-def _pad_dim1(t: torch.Tensor, width: int) -> torch.Tensor:
-    if t.shape[1] == width:
-        return t
-    pad = torch.zeros((t.shape[0], width - t.shape[1], *t.shape[2:]), dtype=t.dtype)
-    return torch.cat([t, pad], dim=1)
