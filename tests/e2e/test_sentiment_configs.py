@@ -3,7 +3,8 @@ whole IMDb file of ../shared/data/sentiment (every line, including those that op
 with overrides they train for one epoch on a slice of it, from the CLI and from Python, and
 predict raw text.
 
-The data lives outside the project (../shared/data); without it these tests are skipped.
+The data lives outside the project (../shared/data): without it these tests skip, or fail where
+the data is required (CI; see tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -21,12 +22,9 @@ import forgeml
 from forgeml.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data" / "sentiment" / "imdb_labelled.txt"
 NAMES = ["sentiment-lstm", "sentiment-transformer"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RAW = ['" An opening quote, never closed.', "A wonderful, moving film.", "Dull and far too long."]
-
-pytestmark = pytest.mark.skipif(not DATA.is_file(), reason=f"{DATA} is not there")
 
 
 def quick(tmp: Path, name: str, source: Path) -> list[str]:
@@ -46,11 +44,12 @@ class Cli:
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
+def cli(tmp_path_factory: pytest.TempPathFactory, shared_data) -> Cli:
     """Each config validated as written, trained for one epoch on the first 240 sentences (lines
     21 and 198 open with a `"`), then used to predict raw text: all through `python -m forgeml`."""
     tmp = tmp_path_factory.mktemp("sentiment")
-    lines = DATA.read_text(encoding="utf-8").split("\n")
+    data = shared_data.path("sentiment/imdb_labelled.txt")  # skips, or fails in CI, if missing
+    lines = data.read_text(encoding="utf-8").split("\n")
     (tmp / "slice.tsv").write_text("\n".join(lines[:241]) + "\n", encoding="utf-8")
     (tmp / "new.tsv").write_text("\n".join(["reviews", *RAW]) + "\n", encoding="utf-8")
 
@@ -67,7 +66,14 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
             done[key] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
         return done
 
-    first = {f"validate {n}": start("validate", f"configs/{n}.yaml") for n in NAMES}
+    first = {
+        f"validate {n}": start(
+            "validate",
+            f"configs/{n}.yaml",
+            *shared_data.source_overrides(REPO / "configs" / f"{n}.yaml"),
+        )
+        for n in NAMES
+    }
     for n in NAMES:
         overrides = quick(tmp, n, tmp / "slice.tsv")
         first[f"train {n}"] = start("train", f"configs/{n}.yaml", "--quiet", *overrides)
