@@ -1,8 +1,9 @@
 """Every shipped config: its first line is the command that runs it, `forgeml validate` passes on
 it as written, and the language-model configs train a few steps and generate from the run.
 
-(The waves and sentiment configs also train to a bar in test_waves_configs.py and
-test_sentiment_configs.py; the LoRA config in tests/models/test_pretrained.py.)
+(The waves and sentiment configs also train to an accuracy bar in test_waves_configs.py and
+test_sentiment_configs.py; tests/models/test_pretrained.py checks which parameters the LoRA
+config trains, without training it.)
 """
 
 from __future__ import annotations
