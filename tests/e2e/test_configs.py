@@ -9,6 +9,7 @@ config trains, without training it.)
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -65,13 +66,17 @@ def test_gpt_char_trains_and_generates(
         config,
         [
             f"output.dir={tmp_path}",
-            "train.max_steps=4",
+            "train.max_steps=8",
             "train.eval_every_steps=4",
             *shared_data.source_overrides(config),
         ],
         quiet=True,
     )
     losses = [r["metrics"]["loss"] for r in run.history if r["split"] == "val"]
-    assert losses and 2.0 < losses[-1] < 5.0  # near ln(65) = 4.17 after four steps
+    # Guessing uniformly among the 65 characters scores ln(65) = 4.17. In its first 8 steps (of
+    # a 100-step warm-up) the model gets clearly below that: measured 4.02 after 4, 3.80 after 8
+    # (0.91 x ln 65; 3.56 after 20).
+    assert len(losses) == 2 and losses[1] < losses[0] < math.log(65)
+    assert losses[1] < 0.95 * math.log(65)
     text = forgeml.load(run.dir).generate("ROMEO:", max_new_tokens=8, seed=0)
     assert isinstance(text, str) and len(text) == 8  # eight characters
