@@ -45,6 +45,8 @@ bench: setup
 	$(BIN)/python bench/gpt_char.py
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/gpt_tiny_train.py
+	$(BIN)/python bench/data_transform.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -243,7 +243,7 @@ def main() -> None:
                 )
         return
 
-    from forgeml.lm.train import measured_peaks
+    from forgeml.tasks.language_modeling.callbacks import measured_peaks
     from forgeml.models.gpt import GPT, GPTConfig
 
     shape = GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=BLOCK, bias=False)

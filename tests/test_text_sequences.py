@@ -538,7 +538,11 @@ def test_waves_transformer_learns(tmp_path: Path) -> None:
         lr=0.005,
         batch_size=32,
     )
-    assert run.metrics["test"]["accuracy"] >= 0.5  # chance: 1/3
+    # Chance is 1/3. Measured with seeds 0 (this run), 1, 2, 3: 0.683, 0.717, 0.667, 0.717 on
+    # the 60 test signals and 0.697, 0.597, 0.663, 0.687 on 300 unseen ones; 0.55 is over 20
+    # points above chance and under every measured value.
+    assert run.metrics["test"]["accuracy"] >= 0.55
+    assert predict_accuracy(run.dir, waves_rows(300, seed=7)) >= 0.55
     assert read_json(run.dir / "forgeml.json")["input_schema"][0]["type"] == "sequence"
 
 

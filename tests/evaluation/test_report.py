@@ -1,13 +1,21 @@
-"""Plots are real PNGs; the model card holds the facts a reader needs."""
+"""Plots are real PNGs with data drawn in every panel; the model card holds the facts a reader
+needs."""
 
+import math
 import sys
 
+import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
 
 from forgeml.evaluation.report import plot_confusion, plot_history, write_card
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A drawn curve of a few points, or a heatmap, covers hundreds to thousands of pixels of a panel
+# at 100 dpi; grid lines, ticks and a "nothing logged" note are not data and do not count.
+MIN_DATA_PIXELS = 100
 
 
 def assert_png(path, min_side=200):
@@ -17,6 +25,66 @@ def assert_png(path, min_side=200):
     with Image.open(path) as image:
         width, height = image.size
     assert min_side <= width <= 4000 and min_side <= height <= 4000, image.size
+
+
+@pytest.fixture
+def saved(monkeypatch) -> list[Figure]:
+    """Every matplotlib figure saved during the test, as it was saved."""
+    figures = []
+    original = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        figures.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return figures
+
+
+def panels(fig: Figure) -> dict[str, object]:
+    """The figure's axes by title (a colorbar's axes has none)."""
+    return {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+
+
+def data_pixels(fig: Figure, ax) -> int:
+    """Pixels inside `ax` that change when its data (lines, images, collections) is hidden."""
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):  # pyplot's, once closed, or a bare Figure
+        FigureCanvasAgg(fig)
+
+    def render() -> np.ndarray:
+        fig.canvas.draw()
+        rgba = np.asarray(fig.canvas.buffer_rgba())
+        box = ax.get_window_extent()  # display pixels, origin at the bottom left
+        top, bottom = rgba.shape[0] - math.ceil(box.y1), rgba.shape[0] - int(box.y0)
+        return rgba[max(top, 0) : bottom, int(box.x0) : math.ceil(box.x1)].copy()
+
+    data = [a for a in (*ax.lines, *ax.images, *ax.collections) if a.get_visible()]
+    shown = render()
+    for artist in data:
+        artist.set_visible(False)
+    try:
+        hidden = render()
+    finally:
+        for artist in data:
+            artist.set_visible(True)
+    return int((shown != hidden).any(axis=-1).sum())
+
+
+def assert_drawn(fig: Figure, ax, name: str) -> None:
+    """`ax` holds data (a line with finite points, or an image) that shows in the picture."""
+    points = [np.isfinite(np.asarray(line.get_ydata(), dtype=float)).sum() for line in ax.lines]
+    images = [np.isfinite(np.asarray(image.get_array(), dtype=float)).sum() for image in ax.images]
+    assert sum(points) + sum(images) > 0, f"panel {name!r} has no data"
+    pixels = data_pixels(fig, ax)
+    assert pixels >= MIN_DATA_PIXELS, f"panel {name!r} has no data drawn ({pixels} pixels)"
+
+
+def assert_panels_drawn(fig: Figure, titles: list[str]) -> None:
+    found = panels(fig)
+    assert sorted(found) == sorted(titles), list(found)
+    for title in titles:
+        assert_drawn(fig, found[title], title)
 
 
 def history(with_val: bool) -> list[dict]:
@@ -43,15 +111,28 @@ def history(with_val: bool) -> list[dict]:
 
 
 @pytest.mark.parametrize("with_val", [True, False])
-def test_plot_history_writes_png(tmp_path, with_val):
+def test_plot_history_writes_png(tmp_path, with_val, saved):
     path = tmp_path / "history.png"
     plot_history(history(with_val), path)
     assert_png(path)
+    [fig] = saved
+    assert_panels_drawn(fig, ["loss", "metrics", "learning rate"])
+    loss = {line.get_label(): line for line in panels(fig)["loss"].lines}
+    assert sorted(loss) == (["train", "val"] if with_val else ["train"])
+    assert list(loss["train"].get_xdata()) == [1, 2, 3, 4]  # one point per epoch
+    assert list(loss["train"].get_ydata()) == pytest.approx([1.0, 1 / 2, 1 / 3, 1 / 4])
+    [lr] = panels(fig)["learning rate"].lines
+    assert list(lr.get_xdata()) == list(range(10, 90, 10))  # every logged step
 
 
-def test_plot_history_empty_and_no_pyplot(tmp_path):
+def test_plot_history_empty_and_no_pyplot(tmp_path, saved):
     plot_history([], tmp_path / "empty.png")
     assert_png(tmp_path / "empty.png")
+    # A valid PNG, but every panel is empty ("nothing logged"): the check above rejects it.
+    [fig] = saved
+    for title, ax in panels(fig).items():
+        with pytest.raises(AssertionError, match=f"panel '{title}' has no data"):
+            assert_drawn(fig, ax, title)
     # Plotting must not go through pyplot's global state (torchmetrics may have imported it, but
     # then no figure must be registered with it).
     pyplot = sys.modules.get("matplotlib.pyplot")
@@ -59,13 +140,46 @@ def test_plot_history_empty_and_no_pyplot(tmp_path):
 
 
 @pytest.mark.parametrize("num_classes", [2, 12])
-def test_plot_confusion_writes_png(tmp_path, num_classes):
+def test_plot_confusion_writes_png(tmp_path, num_classes, saved):
     names = [f"class_{i}" for i in range(num_classes)]
     matrix = [[(5 if i == j else 1) for j in range(num_classes)] for i in range(num_classes)]
     matrix[0] = [0] * num_classes  # a class without rows must not divide by zero
     path = tmp_path / "confusion.png"
     plot_confusion(matrix, names, path)
     assert_png(path)
+    [fig] = saved
+    assert_panels_drawn(fig, ["confusion matrix"])
+    shares = panels(fig)["confusion matrix"].images[0].get_array()
+    assert shares[0].tolist() == [0.0] * num_classes  # the class without rows
+    assert shares[1, 1] == pytest.approx(5 / (5 + num_classes - 1))  # row-normalised
+
+
+def test_a_blank_panel_fails_the_check(saved):
+    """What the checks above reject: axes with nothing plotted, and data hidden from view."""
+    fig = Figure()
+    blank, hidden = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
+    blank.set_title("blank")
+    blank.grid(alpha=0.3)
+    hidden.set_title("hidden")
+    hidden.plot([1, 2, 3], [3, 1, 2], visible=False)
+    with pytest.raises(AssertionError, match="panel 'blank' has no data"):
+        assert_drawn(fig, blank, "blank")
+    with pytest.raises(AssertionError, match=r"panel 'hidden' has no data drawn \(0 pixels\)"):
+        assert_drawn(fig, hidden, "hidden")
+
+
+def test_plot_history_by_step_draws_both_curves(tmp_path, saved):
+    rows = [
+        {"step": step, "split": split, "metrics": {"loss": 4.0 / step + (split == "val")}}
+        for step in (10, 20, 30)
+        for split in ("train", "val")
+    ]
+    plot_history(rows, tmp_path / "history.png", x_axis="step")  # a language model's curves
+    assert_png(tmp_path / "history.png")
+    [fig] = saved
+    [ax] = fig.axes
+    assert_drawn(fig, ax, "loss")
+    assert sorted(line.get_label() for line in ax.lines) == ["train loss", "val loss"]
 
 
 def card_args() -> dict:

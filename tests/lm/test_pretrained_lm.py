@@ -7,6 +7,7 @@ the CLI, with the same tokens as `transformers`' own `generate` on the same weig
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -63,9 +64,14 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory):
 
 def test_fine_tuning_learns_the_corpus(lora_run) -> None:
     losses = [r["metrics"]["loss"] for r in lora_run.history if r["split"] == "val"]
-    # The loss falls but stays high: the frozen random embeddings (tied to the output) and final
+    # Against ln(V), the loss of guessing uniformly among the V = 281 tokens (5.64): the loss
+    # falls but stays high, as the frozen random embeddings (tied to the output) and final
     # LayerNorm cap the logits near +-1, so the argmax learns the text long before the loss can.
-    assert len(losses) == 2 and losses[1] < losses[0]
+    # Measured 5.106 after 15 steps and 5.027 (0.89 ln V) after 30, with seed 1 5.017; 60 steps
+    # only reach 5.001. The bar, 0.92 ln V = 5.19, is clearly below uniform and above all that.
+    uniform = math.log(forgeml.load(lora_run.dir).tokenizer.vocab_size)
+    assert len(losses) == 2 and losses[1] < losses[0] < uniform
+    assert losses[1] < 0.92 * uniform
     files = {p.name for p in (lora_run.dir / "pretrained").iterdir()}
     assert "config.json" in files and "tokenizer.json" in files
 
