@@ -2,7 +2,7 @@
 
 One GPT-2-small-shaped model (12 layers, 12 heads, 768 dims, context 1024, vocab 50,257;
 random weights from a seeded `GPT2Config`) is built as a Hugging Face `GPT2LMHeadModel` and
-imported into forgeml's `GPT` (`GPT.from_hf_gpt2`), so both run the same weights. Each case
+imported into forgeml's `GPT` (`forgeml.models.gpt_hf.from_hf_gpt2`), so both run the same weights. Each case
 greedily generates NEW tokens after a 16-token prompt, batch 1, and reports tokens/s:
 
 - forgeml with its KV cache (`forgeml.generation.sampling.generate`), fp32 and with bf16 weights;
@@ -27,6 +27,7 @@ import torch
 
 from forgeml.generation.sampling import generate
 from forgeml.models.gpt import GPT
+from forgeml.models.gpt_hf import from_hf_gpt2
 
 THREADS = 2
 
@@ -72,9 +73,9 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
     hf32 = hf_model(torch.float32)
-    ours32 = GPT.from_hf_gpt2(hf32).eval().prepare_for_generation()
+    ours32 = from_hf_gpt2(hf32).eval().prepare_for_generation()
     hf16 = hf_model(torch.bfloat16)
-    ours16 = GPT.from_hf_gpt2(hf_model(torch.float32)).eval().to(torch.bfloat16)
+    ours16 = from_hf_gpt2(hf_model(torch.float32)).eval().to(torch.bfloat16)
     ours16.prepare_for_generation()
     prompt = torch.randint(0, 50257, (16,), generator=torch.Generator().manual_seed(1)).tolist()
 

@@ -243,8 +243,8 @@ def main() -> None:
                 )
         return
 
-    from forgeml.tasks.language_modeling.callbacks import measured_peaks
     from forgeml.models.gpt import GPT, GPTConfig
+    from forgeml.tasks.language_modeling.callbacks import measured_peaks
 
     shape = GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=BLOCK, bias=False)
     flops = GPT(shape.model_copy(update={"vocab_size": len(chars)})).flops_per_token()

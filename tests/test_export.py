@@ -30,20 +30,15 @@ from forgeml.cli.export import add_export_parser, cmd_export
 from forgeml.data.splits import read_splits as load_splits
 from forgeml.data.tensors import TensorData
 from forgeml.errors import ForgeError
-from forgeml.export.harness import (
-    _export_onnx_torchscript,
-    _run_onnx,
-    compare,
-    export_run,
-    input_slots,
-    pad_batch,
-)
-from forgeml.export.trace import FinalStateFromOutputs
+from forgeml.export import export_run
+from forgeml.export.exporters import compare, export_onnx, run_onnx
 from forgeml.inference.onnx_backend import EXPORT_MANIFEST, OnnxBackend, find_export
 from forgeml.models.rnn import RNNConfig, build_rnn
 from forgeml.run_dir import sha256_file
 from forgeml.schema import InputSpec, SequenceInput
+from forgeml.tasks.table.export import input_slots, table_graph
 from forgeml.tasks.table.predictor import Predictor
+from forgeml.tasks.table.trace import FinalStateFromOutputs
 
 # Before the pretrained tests import transformers (forgeml imports it only when it needs it):
 # nothing may download.
@@ -201,7 +196,6 @@ def test_rnn_last_state_for_onnx_equals_the_packed_final_state(tmp_path: Path) -
     the same numbers, bidirectional and stacked too, in eager torch and in onnxruntime."""
     column = SequenceInput("s", "sequence", max_length=10, channels=2)
     spec = InputSpec(0, (), None, 3, "multiclass", (column,))
-    slots = input_slots(spec)
     torch.manual_seed(0)
     lengths = torch.tensor([5, 3, 10, 1, 7])
     mask = torch.arange(10) < lengths[:, None]
@@ -215,10 +209,9 @@ def test_rnn_last_state_for_onnx_equals_the_packed_final_state(tmp_path: Path) -
         with torch.no_grad():
             torch.testing.assert_close(FinalStateFromOutputs(encoder)(x, mask), encoder(x, mask))
         path = tmp_path / f"{cell}.onnx"
-        example = tuple(pad_batch(batch, slots)[s.key] for s in slots)
-        _export_onnx_torchscript(model, example, slots, path)
-        batches = [batch, {k: v[1:3, :5] for k, v in batch.items()}]
-        diff, _ = compare(_run_onnx(path, slots), model, batches, slots)
+        graph = table_graph(model, spec, batch)  # checked on batches of other sizes and lengths
+        export_onnx(graph, path, dynamo=False)  # the TorchScript-based exporter
+        diff, _ = compare(run_onnx(path, graph), graph)
         assert diff <= TOL
 
 

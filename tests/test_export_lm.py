@@ -176,10 +176,10 @@ def test_torchscript_round_trip(lm_run: Callable[[str], Path], tmp_path: Path) -
 def test_a_failed_check_says_by_how_much_and_writes_nothing(
     lm_run: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import forgeml.export.language_model as export_lm
+    import forgeml.export.exporters as exporters
 
     run = lm_run("learned")
-    monkeypatch.setattr(export_lm, "compare_logits", lambda *_: (0.5, "1 row of 16 tokens"))
+    monkeypatch.setattr(exporters, "compare", lambda *_: (0.5, "1 row of 16 tokens"))
     out = tmp_path / "deploy" / "ts"
     with pytest.raises(ForgeError) as info:
         export_run(run, format="torchscript", output=out)

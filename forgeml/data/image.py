@@ -1,9 +1,9 @@
 """Image decoding (Pillow) into tensors, and the training-time augmentation (crop, flip).
 
 Images arrive as paths to PNG/JPEG files or as uint8 arrays shaped (H, W) or (H, W, C) (see
-`table.py`). `images_to_tensor` turns a column of them into one (N, C, H, W) float32 tensor in
-[0, 1] (`decode_images` also skips unreadable ones); normalisation with the train statistics is
-the preprocessor's job.
+`table.py`). `decode_images` turns a column of them into one (N, C, H, W) float32 tensor in
+[0, 1] (or skips unreadable ones); normalisation with the train statistics is the
+preprocessor's job.
 """
 
 from __future__ import annotations
@@ -111,32 +111,6 @@ def is_grayscale(image: np.ndarray) -> bool:
     return image.shape[2] == 1
 
 
-def images_to_tensor(
-    values: Sequence[object] | np.ndarray,
-    *,
-    size: tuple[int, int],
-    channels: int,
-    refs: Sequence[str],
-    base_dir: str | Path | None = None,
-) -> torch.Tensor:
-    """Decode, convert and resize a column of images.
-
-    Args:
-        values: N image values (paths or uint8 arrays).
-        size: (H, W) of the output; images of another size are resized (bilinear).
-        channels: 1 (grayscale, Pillow "L") or 3 (RGB; alpha is dropped).
-        refs: N row references for error messages.
-        base_dir: see `load_image`.
-
-    Returns:
-        (N, C, H, W) float32 in [0, 1].
-    """
-    images, _ = decode_images(
-        values, size=size, channels=channels, refs=refs, base_dir=base_dir, bad_rows=None
-    )
-    return images
-
-
 def decode_images(
     values: Sequence[object] | np.ndarray,
     *,
@@ -147,8 +121,10 @@ def decode_images(
     bad_rows: BadRows | None,
     column: str | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """`images_to_tensor` that, with `bad_rows` (skip mode), records an image that cannot be
-    read as a bad row of `column` and leaves it out instead of raising.
+    """Decode, convert and resize a column of images to `size` (H, W) (bilinear) and `channels`
+    (1: grayscale, Pillow "L"; 3: RGB, alpha dropped). `refs` are the rows' references for error
+    messages, `base_dir` as for `load_image`. With `bad_rows` (skip mode) an image that cannot be
+    read is recorded as a bad row of `column` and left out instead of raising.
 
     Returns:
         (K, C, H, W) float32 in [0, 1], and the (K,) int64 indices into `values` of the K

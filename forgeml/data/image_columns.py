@@ -48,6 +48,13 @@ def decode_column(
     """(K, C, H, W) images of `rows` in [0, 1] and their (K,) positions in `rows`."""
     if bad_rows is None:
         check_images_present(table, f, rows)
+    return _decode(table, f, rows, bad_rows)
+
+
+def _decode(
+    table: Table, f: FeatureSpec, rows: np.ndarray, bad_rows: BadRows | None
+) -> tuple[torch.Tensor, np.ndarray]:
+    """(K, C, H, W) images of `rows` at the size and channels of `f`, and their positions."""
     return decode_images(
         table.columns[f.name][rows],
         size=(f.height, f.width),
@@ -92,15 +99,7 @@ def fit_image(
                 raise  # skip mode: decode_images below records it
     spec.height, spec.width = cfg.image.size or (first.shape[:2] if first is not None else (1, 1))
     spec.channels = cfg.image.channels or (1 if first is None or is_grayscale(first) else 3)
-    images, decoded = decode_images(
-        values[rows],
-        size=(spec.height, spec.width),
-        channels=spec.channels,
-        refs=RowRefs(table, rows),
-        base_dir=image_base_dir(table),
-        bad_rows=bad_rows,
-        column=spec.name,
-    )  # (K, C, H, W) in [0, 1]
+    images, decoded = _decode(table, spec, rows, bad_rows)  # (K, C, H, W) in [0, 1]
     means, stds = [], []
     for c in range(spec.channels):
         channel = images[:, c].double()

@@ -23,12 +23,7 @@ import numpy as np
 import torch
 
 from forgeml.data.bad_rows import (
-    BAD_LABELS,
-    MISSING_VALUE,
-    UNKNOWN_CLASS,
     BadRows,
-    RowChecks,
-    quote,
 )
 from forgeml.data.columns import (
     category_values,
@@ -49,7 +44,6 @@ from forgeml.data.image_columns import DecodedImages, decode_column, fit_image
 from forgeml.data.sequence_columns import (
     BAD_SEQUENCE,
     EMPTY_TEXT,
-    bad_sequences,
     combine_runs,
     empty_text_message,
     encode_sequence,
@@ -61,9 +55,10 @@ from forgeml.data.sequence_columns import (
     sequence_config,
     text_config,
 )
+from forgeml.data.skip import good_rows
 from forgeml.data.split import infer_target_kind
 from forgeml.data.table import Table
-from forgeml.data.targets import bad_label_rows, fit_target, multi_hot, parse_target_floats
+from forgeml.data.targets import fit_target, multi_hot, parse_target_floats
 from forgeml.data.text import TextEncoder
 from forgeml.errors import ConfigError, DataError
 from forgeml.schema import FeatureSpec, InputSpec, SequenceInput, TargetSpec
@@ -151,7 +146,7 @@ class Preprocessor:
         if bad_rows is not None:
             # Drop the bad rows first, images last (only good rows are decoded), then fit the
             # rest as usual: the statistics, classes and vocabularies see good rows only.
-            rows = _good_rows(
+            rows = good_rows(
                 table,
                 features,
                 bad_rows,
@@ -230,7 +225,7 @@ class Preprocessor:
             )
         rows = np.arange(table.num_rows)
         if bad_rows is not None:
-            rows = _good_rows(
+            rows = good_rows(
                 table,
                 self.features,
                 bad_rows,
@@ -468,57 +463,6 @@ class Preprocessor:
             )
         features = [FeatureSpec(**f) for f in state["features"]]
         return cls(features, TargetSpec(**state["target"]), state.get("runs"))
-
-
-def _good_rows(
-    table: Table,
-    features: list[FeatureSpec],
-    bad_rows: BadRows,
-    *,
-    target: str | None,
-    numeric_target: bool,
-    multilabel: bool = False,
-    classes: dict[str | None, int] | None = None,
-    sequences: DataConfig | None = None,
-) -> np.ndarray:
-    """Skip mode: record the rows with a bad value (images: once decoded) and return the (K,)
-    indices of the others.
-
-    Args:
-        multilabel: the target holds lists of labels: each list is checked, and each label.
-        classes: a class (or label) outside them is bad (val/test targets).
-        sequences: the TRAIN split's config: sequence columns are parsed here, so a bad one is
-            left out of the fit (later tables: their encoding records bad sequences).
-    """
-    checks = RowChecks(table)
-    if target is not None:
-        checks.target(target, numeric=numeric_target)
-        if multilabel:
-            found = bad_label_rows(table, target, classes)
-            for reason in (BAD_LABELS, UNKNOWN_CLASS):
-                rows = np.array([i for i, (r, _) in found.items() if r == reason], dtype=np.int64)
-                checks.add(rows, target, reason, lambda i: found[i][1])
-        elif classes is not None:
-            values = table.columns[target]
-            unknown = [k is not None and k not in classes for k in value_keys(values)]
-            checks.add(
-                np.flatnonzero(unknown),
-                target,
-                UNKNOWN_CLASS,
-                lambda i: f"{quote(values[i])} is not a known class",
-            )
-    for f in features:
-        image = f.type == "image"  # cannot be filled in
-        checks.column(
-            f.name,
-            numeric=f.type == "numeric",
-            required=image or f.type == "sequence" or f.fill == "error",
-            missing=(MISSING_VALUE, "missing image" if image else "missing value"),
-        )
-        if sequences is not None and f.type == "sequence":
-            bad = bad_sequences(table, f, sequence_config(sequences, f.name))
-            checks.add(np.fromiter(bad, np.int64), f.name, BAD_SEQUENCE, bad.__getitem__)
-    return checks.record(bad_rows)
 
 
 def _sequence_input(f: FeatureSpec, encoder: TextEncoder | None) -> SequenceInput:

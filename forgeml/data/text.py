@@ -371,6 +371,14 @@ def _resolve(path: str, base_dir: Path | None) -> tuple[Path, str]:
     return (p if p.is_absolute() else Path(base_dir) / p), str(base_dir)
 
 
+def _must_exist(path: Path, key: str, expected: str, relative_to: str, fix: str) -> None:
+    if not path.is_file():
+        raise ConfigError(
+            f"{key}: {path} does not exist; expected {expected} (a relative path is relative to "
+            f"{relative_to}); {fix}"
+        )
+
+
 def _load_stopwords(cfg: TextConfig, key: str, base_dir: Path | None) -> frozenset[str]:
     """The stop-word list, normalised and lowercased as the texts are (so "The" in a file still
     drops "the"). Blank lines and lines starting with "#" are skipped."""
@@ -379,12 +387,8 @@ def _load_stopwords(cfg: TextConfig, key: str, base_dir: Path | None) -> frozens
         text = resources.files("forgeml.data").joinpath("stopwords/english.txt").read_text("utf-8")
     else:
         path, relative_to = _resolve(cfg.stopwords, base_dir)
-        if not path.is_file():
-            raise ConfigError(
-                f"{key}.stopwords: {path} does not exist; expected 'english' or a UTF-8 file with "
-                f"one stop word per line (a relative path is relative to {relative_to}); fix the "
-                "path"
-            )
+        expected = "'english' or a UTF-8 file with one stop word per line"
+        _must_exist(path, f"{key}.stopwords", expected, relative_to, "fix the path")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -408,12 +412,8 @@ def _load_tokenizer(cfg: TextConfig, key: str, base_dir: Path | None) -> Tokeniz
         relative_to = "the package"
     else:
         path, relative_to = _resolve(cfg.tokenizer_file, base_dir)
-    if not path.is_file():
-        raise ConfigError(
-            f"{key}.tokenizer_file: {path} does not exist; expected a Hugging Face tokenizer.json "
-            f"(a relative path is relative to {relative_to}); fix the path or remove "
-            "tokenizer_file to train one"
-        )
+    fix = "fix the path or remove tokenizer_file to train one"
+    _must_exist(path, f"{key}.tokenizer_file", "a Hugging Face tokenizer.json", relative_to, fix)
     try:
         tokenizer = Tokenizer.from_file(str(path))
         problem = "it has an empty vocabulary" if not tokenizer.get_vocab_size() else None

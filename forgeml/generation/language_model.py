@@ -14,16 +14,23 @@ server (forgeml/serve) batches concurrent requests through it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from forgeml.config import load_config
 from forgeml.data.tokenizer import LMTokenizer
 from forgeml.errors import ConfigError, ForgeError
+from forgeml.generation.decoders import as_decoder
+from forgeml.generation.sampling import SamplingParams
+from forgeml.generation.sampling import stream as token_stream
+from forgeml.models.registry import build_model
 from forgeml.run_dir import load_weights, read_config_dict, read_manifest
+from forgeml.runtime import pick_device
+from forgeml.schema import TokenSpec
 
 TASK = "language_modeling"
 
@@ -44,7 +51,7 @@ class LanguageModel:
 
     Args:
         model: a forgeml `GPT`, a pretrained causal LM (`Pretrained` with head causal_lm), or
-            anything else forgeml/generation/sampling.py's `as_decoder` accepts.
+            anything else forgeml/generation/decoders.py's `as_decoder` accepts.
         tokenizer: the run's tokenizer.
         name: how the server lists the model.
     """
@@ -52,8 +59,6 @@ class LanguageModel:
     task = TASK
 
     def __init__(self, model: nn.Module, tokenizer: LMTokenizer, *, name: str = "model") -> None:
-        from forgeml.generation.sampling import as_decoder
-
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -69,11 +74,6 @@ class LanguageModel:
         `precision`: "fp32", or "bf16" (weights cast to bfloat16: faster decoding on CPUs with
         AVX512-BF16/AMX and on GPUs, with slightly different numbers).
         """
-        from forgeml.config import load_config
-        from forgeml.models.registry import build_model
-        from forgeml.runtime import pick_device
-        from forgeml.schema import TokenSpec
-
         run_dir = Path(run_dir)
         manifest = read_manifest(run_dir)
         if manifest.get("task") != TASK:
@@ -102,8 +102,9 @@ class LanguageModel:
     def generate(self, prompt: str | Sequence[str], **options: Any) -> str | list[str]:
         """The continuation of `prompt` (or of each prompt of a list), without the prompt.
 
-        Options: max_new_tokens (128), temperature (1.0; 0 = greedy), top_k, top_p,
-        repetition_penalty (1.0 = off), stop (strings that end a row, not included), seed.
+        Options: `SamplingParams` fields -- max_new_tokens (128), temperature (1.0; 0 =
+        greedy), top_k, top_p, repetition_penalty (1.0 = off), seed -- or `params=` one, and
+        stop (strings that end a row, not included).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         texts = [c.text for c in self.complete(prompts, **options)]
@@ -125,37 +126,28 @@ class LanguageModel:
     def start(
         self,
         prompts: Sequence[str | Sequence[int]],
+        params: SamplingParams | None = None,
         *,
-        max_new_tokens: int = 128,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        repetition_penalty: float = 1.0,
         stop: Sequence[str] = (),
-        seed: int | None = None,
+        **settings: Any,
     ) -> TextStream:
-        """A `TextStream` over `prompts` (texts, or token ids) generated together."""
-        from forgeml.generation.sampling import stream as token_stream
-
+        """A `TextStream` over `prompts` (texts, or token ids) generated together; `settings`
+        are `SamplingParams` fields over `params`."""
+        params = SamplingParams.of(params, settings)
         ids = [self.encode(p) if isinstance(p, str) else list(p) for p in prompts]
         if any(not p for p in ids):  # an empty prompt continues from the end-of-text token
             start = (
                 [self.tokenizer.eos_id] if self.tokenizer.eos_id is not None else self.encode("\n")
             )
             ids = [p or list(start) for p in ids]
-        max_new_tokens = min(max_new_tokens, self.context_length - 1)
+        room = min(params.max_new_tokens, self.context_length - 1)
         text = TextStream(self.tokenizer, [len(p) for p in ids], stop)
         tokens = token_stream(
             self.model,
             ids,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
+            replace(params, max_new_tokens=room),
             eos_token_id=self.tokenizer.eos_id,
             stop=text.should_stop if stop else None,
-            seed=seed,
         )
         text.attach(tokens)
         return text

@@ -2,9 +2,9 @@
 
 Everything here works on token ids; text (tokenizers, stop strings, the CLI) sits on top. One
 sampling loop drives every causal LM through a small `Decoder` adapter that owns the model's KV
-cache: `GPTDecoder` for our `gpt` (its preallocated `KVCache`), `HFDecoder`
-(forgeml/generation/hf_decoder.py) for a Hugging Face causal LM (its own cache, fed with
-attention_mask and position_ids). `generate(model, ...)` accepts either model, or a Decoder.
+cache (decoders.py): `GPTDecoder` for our `gpt` (its preallocated `KVCache`), `HFDecoder` for a
+Hugging Face causal LM (its own cache, fed with attention_mask and position_ids).
+`generate(model, ...)` accepts either model, or a Decoder.
 
 One step of the loop, for B rows at once:
 
@@ -28,97 +28,17 @@ reported in `Generation.prompt_dropped`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from forgeml.errors import ConfigError
-from forgeml.models.gpt import GPT, KVCache
+from forgeml.generation.decoders import Decoder, as_decoder
 
 FinishReason = Literal["eos", "stop", "length"]
-
-
-@runtime_checkable
-class Decoder(Protocol):
-    """A causal LM as the sampling loop drives it: its context and a KV cache it keeps.
-
-    The loop owns one token buffer per generation, `seq` (B, S) int64 with S = prompt width +
-    max_new_tokens: left-padded prompts, then one slot per new token, written in place. `begin`
-    hands it over; each `logits(start, end)` feeds slots [start, end) and returns the last
-    position's logits (B, 1, V). With a cache, calls cover consecutive ranges (the prefill
-    [0, width), then one slot at a time); without, the decoder recomputes slots [0, end).
-    """
-
-    module: nn.Module  # put in eval mode for the generation, its mode restored after
-    context_length: int  # the most positions (prompt + new tokens) the model attends over
-
-    def begin(
-        self, seq: Tensor, real: Tensor | None, positions: Tensor | None, use_cache: bool
-    ) -> None:
-        """Start a generation over `seq` (B, S). Padded batches also pass `real` (B, S) bool
-        (False = a padding slot) and `positions` (B, S) int64 (each slot's count of real tokens
-        before it); unpadded ones pass None for both."""
-        ...
-
-    def logits(self, start: int, end: int) -> Tensor:
-        """(B, 1, V) logits of slot end - 1 after feeding slots [start, end)."""
-        ...
-
-
-class GPTDecoder:
-    """Our `GPT` with its preallocated `KVCache` (forgeml/models/gpt.py)."""
-
-    def __init__(self, model: GPT) -> None:
-        self.module = self.model = model
-        self.context_length = int(model.config.block_size)
-
-    def begin(
-        self, seq: Tensor, real: Tensor | None, positions: Tensor | None, use_cache: bool
-    ) -> None:
-        self.seq, self.real, self.positions = seq, real, positions
-        self.cache: KVCache | None = None
-        if use_cache:
-            self.cache = self.model.new_cache(seq.shape[0], seq.shape[1], padded=real is not None)
-            if real is not None:
-                self.cache.key_mask.copy_(real)  # padded prompt slots are never attended
-
-    def logits(self, start: int, end: int) -> Tensor:
-        model, seq, positions = self.model, self.seq, self.positions
-        if self.cache is not None:
-            step = None if positions is None else positions[:, start:end]
-            return model(seq[:, start:end], self.cache, positions=step, last_only=True)
-        if positions is None:
-            return model(seq[:, :end], last_only=True)  # plain causal forward, nothing kept
-        # Padded rows need the key mask: a throwaway cache, filled by one forward over it all.
-        scratch = model.new_cache(seq.shape[0], end, padded=True)
-        scratch.key_mask.copy_(self.real[:, :end])
-        return model(seq[:, :end], scratch, positions=positions[:, :end], last_only=True)
-
-
-def as_decoder(model: nn.Module | Decoder) -> Decoder:
-    """The Decoder that drives `model`: a `GPT`, a module with a `decoder()` method (a pretrained
-    causal LM, forgeml/models/pretrained.py), a Hugging Face causal LM, or a Decoder itself.
-
-    Raises:
-        ConfigError: `model` is none of these (e.g. a text classifier).
-    """
-    if isinstance(model, Decoder):
-        return model
-    if isinstance(model, GPT):
-        return GPTDecoder(model)
-    if callable(getattr(model, "decoder", None)):
-        return model.decoder()
-    if callable(getattr(model, "get_output_embeddings", None)) and hasattr(model, "config"):
-        from forgeml.generation.hf_decoder import HFDecoder
-
-        return HFDecoder(model)
-    raise ConfigError(
-        f"cannot generate with {type(model).__name__}: expected a language model (model.name=gpt "
-        "or a pretrained model with head: causal_lm)"
-    )
 
 
 @dataclass
@@ -139,28 +59,12 @@ class Generation:
     prompt_dropped: list[int]
 
 
-def generate(
-    model: nn.Module | Decoder,
-    prompts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    eos_token_id: int | Sequence[int] | None = None,
-    stop_sequences: Sequence[Sequence[int]] = (),
-    stop: Callable[[int, list[int]], bool] | None = None,
-    seed: int | None = None,
-    use_cache: bool = True,
-) -> Generation:
-    """Continue each prompt by up to `max_new_tokens` tokens.
+@dataclass(frozen=True)
+class SamplingParams:
+    """How each next token is picked and how many: the one set of settings every generation
+    path takes (`generate`, `LanguageModel`, `forgeml generate`, the OpenAI-compatible server).
 
-    Args:
-        model: a GPT, a pretrained causal LM (forgeml's `Pretrained` or the transformers
-            model), or a `Decoder`; run in eval mode for the call (its mode is restored
-            afterwards).
-        prompts: token ids per row, any lengths (at least one token each).
+    Attributes:
         max_new_tokens: the most tokens generated per row; at most the context length - 1.
         temperature: divides the logits; 0 picks the most likely token (greedy).
         top_k: sample only among the k most likely tokens.
@@ -168,13 +72,59 @@ def generate(
             to at least top_p (nucleus sampling).
         repetition_penalty: CTRL-style penalty on tokens already in the prompt or the output:
             positive logits are divided by it, negative ones multiplied; 1.0 is off.
-        eos_token_id: token id(s) that end a row.
-        stop_sequences: token-id sequences that end a row when its output ends with one; the
-            sequence is removed from the output (and never streamed).
-        stop: called as `stop(row, tokens_so_far)` after each new token of an unfinished row;
-            True ends the row, keeping its tokens (text-level stop strings go here).
         seed: seeds the sampling generator, so the same call gives the same tokens; None: random.
-        use_cache: False recomputes the whole sequence every step (for comparisons only).
+    """
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    @classmethod
+    def of(cls, params: SamplingParams | None, settings: dict[str, Any]) -> SamplingParams:
+        """`params` (or the defaults) with the keyword `settings` on top."""
+        return replace(params or cls(), **settings)
+
+    def check(self, context: int) -> None:
+        """Raises ConfigError for a setting out of range for a model of `context` positions."""
+        if not 1 <= self.max_new_tokens < context:
+            raise ConfigError(
+                f"max_new_tokens={self.max_new_tokens} must be between 1 and the context - 1 = "
+                f"{context - 1} (the prompt needs at least one of the model's {context} "
+                "positions)"
+            )
+        if self.temperature < 0:
+            raise ConfigError(f"temperature={self.temperature} must be >= 0 (0 is greedy)")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top_k={self.top_k} must be >= 1, or unset to turn it off")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p={self.top_p} must be in (0, 1], or unset to turn it off")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(
+                f"repetition_penalty={self.repetition_penalty} must be > 0 (1.0 is off, > 1 "
+                "penalises)"
+            )
+
+
+def generate(
+    model: nn.Module | Decoder,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | None = None,
+    **options: Any,
+) -> Generation:
+    """Continue each prompt by up to `params.max_new_tokens` tokens.
+
+    Args:
+        model: a GPT, a pretrained causal LM (forgeml's `Pretrained` or the transformers
+            model), or a `Decoder`; run in eval mode for the call (its mode is restored
+            afterwards).
+        prompts: token ids per row, any lengths (at least one token each).
+        params: the sampling settings; any of its fields may also be given as keywords
+            (`generate(model, prompts, max_new_tokens=20, temperature=0)`).
+        options: `SamplingParams` fields, and `stream`'s keywords: eos_token_id,
+            stop_sequences, stop, use_cache.
 
     Returns:
         The new tokens, finish reason and prompt truncation of every row.
@@ -182,20 +132,7 @@ def generate(
     Raises:
         ConfigError: a bad sampling setting or an empty prompt.
     """
-    run = stream(
-        model,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        eos_token_id=eos_token_id,
-        stop_sequences=stop_sequences,
-        stop=stop,
-        seed=seed,
-        use_cache=use_cache,
-    )
+    run = stream(model, prompts, params, **options)
     for _ in run:
         pass
     return run.result()
@@ -204,17 +141,13 @@ def generate(
 def stream(
     model: nn.Module | Decoder,
     prompts: Sequence[Sequence[int]],
+    params: SamplingParams | None = None,
     *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float = 1.0,
     eos_token_id: int | Sequence[int] | None = None,
     stop_sequences: Sequence[Sequence[int]] = (),
     stop: Callable[[int, list[int]], bool] | None = None,
-    seed: int | None = None,
     use_cache: bool = True,
+    **settings: Any,
 ) -> TokenStream:
     """Like `generate`, but as an iterator over steps.
 
@@ -223,21 +156,25 @@ def stream(
     stop sequence turn out not to be one). Concatenated, they equal `result().tokens`.
     `prompt_dropped` is known before iterating; `result()` after.
 
+    Args:
+        eos_token_id: token id(s) that end a row.
+        stop_sequences: token-id sequences that end a row when its output ends with one; the
+            sequence is removed from the output (and never streamed).
+        stop: called as `stop(row, tokens_so_far)` after each new token of an unfinished row;
+            True ends the row, keeping its tokens (text-level stop strings go here).
+        use_cache: False recomputes the whole sequence every step (for comparisons only).
+        settings: `SamplingParams` fields, over `params`.
+
     Raises:
         ConfigError: as `generate`, when called (not when iterated).
     """
     return TokenStream(
         model,
         prompts,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
+        SamplingParams.of(params, settings),
         eos_token_id=eos_token_id,
         stop_sequences=stop_sequences,
         stop=stop,
-        seed=seed,
         use_cache=use_cache,
     )
 
@@ -253,21 +190,16 @@ class TokenStream:
         self,
         model: nn.Module | Decoder,
         prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
         *,
-        max_new_tokens: int,
-        temperature: float,
-        top_k: int | None,
-        top_p: float | None,
-        repetition_penalty: float,
         eos_token_id: int | Sequence[int] | None,
         stop_sequences: Sequence[Sequence[int]],
         stop: Callable[[int, list[int]], bool] | None,
-        seed: int | None,
         use_cache: bool,
     ) -> None:
         self.decoder = as_decoder(model)
         context = self.decoder.context_length
-        _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty, context)
+        params.check(context)
         if len(prompts) == 0:
             raise ConfigError("generate got no prompts; pass at least one list of token ids")
         for i, prompt in enumerate(prompts):
@@ -279,14 +211,10 @@ class TokenStream:
         if any(len(s) == 0 for s in stop_sequences):
             raise ConfigError("stop_sequences holds an empty sequence; remove it")
         # Room for every requested token: the prompt keeps its last context - max_new_tokens.
-        keep = context - max_new_tokens
+        keep = context - params.max_new_tokens
         self.prompts = [list(p[-keep:]) for p in prompts]
         self.prompt_dropped = [max(0, len(p) - keep) for p in prompts]
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_k = top_k
-        self.top_p = top_p
-        self.repetition_penalty = repetition_penalty
+        self.params = params
         if eos_token_id is None:
             self.eos: set[int] = set()
         elif isinstance(eos_token_id, int):
@@ -295,7 +223,6 @@ class TokenStream:
             self.eos = set(eos_token_id)
         self.stop_sequences = [list(s) for s in stop_sequences]
         self.stop = stop
-        self.seed = seed
         self.use_cache = use_cache
         self.tokens: list[list[int]] = [[] for _ in prompts]
         self.finish_reasons: list[FinishReason | None] = [None] * len(prompts)
@@ -328,7 +255,8 @@ class TokenStream:
             model.train(was_training)
 
     def _steps_in_eval(self) -> Iterator[list[list[int]]]:
-        decoder, prompts, max_new = self.decoder, self.prompts, self.max_new_tokens
+        decoder, prompts, params = self.decoder, self.prompts, self.params
+        max_new = params.max_new_tokens
         device = next(decoder.module.parameters()).device
         lengths = [len(p) for p in prompts]
         b, width = len(prompts), max(lengths)
@@ -346,14 +274,14 @@ class TokenStream:
             # slots get 0; they are never attended). Unpadded rows use the model's default.
             slot_positions = (real.cumsum(dim=1) - 1).clamp(min=0) if padded else None
             generator = torch.Generator(device=device)
-            if self.seed is None:
+            if params.seed is None:
                 generator.seed()
             else:
-                generator.manual_seed(self.seed)
+                generator.manual_seed(params.seed)
             decoder.begin(seq, real if padded else None, slot_positions, self.use_cache)
             logits = decoder.logits(0, width)  # (B, 1, V)
             seen = None
-            if self.repetition_penalty != 1.0:
+            if params.repetition_penalty != 1.0:
                 # (B, V): V from the logits, which may be wider than the tokenizer's ids.
                 seen = torch.zeros(b, logits.shape[-1], dtype=torch.bool, device=device)
                 for i, prompt in enumerate(prompts):
@@ -364,8 +292,8 @@ class TokenStream:
             with torch.inference_mode():
                 scores = logits[:, -1].float()  # (B, V)
                 if seen is not None:
-                    scores = apply_repetition_penalty(scores, seen, self.repetition_penalty)
-                new = sample(scores, self.temperature, self.top_k, self.top_p, generator)  # (B,)
+                    scores = apply_repetition_penalty(scores, seen, params.repetition_penalty)
+                new = sample(scores, params.temperature, params.top_k, params.top_p, generator)
                 if seen is not None:
                     seen.scatter_(1, new[:, None], True)
             ids = new.tolist()  # the one host sync per step
@@ -462,28 +390,3 @@ def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Te
     logits by `penalty` and multiply negative ones, so both become less likely (penalty > 1)."""
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalised, logits)
-
-
-def _check_settings(
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    repetition_penalty: float,
-    context: int,
-) -> None:
-    if not 1 <= max_new_tokens < context:
-        raise ConfigError(
-            f"max_new_tokens={max_new_tokens} must be between 1 and the context - 1 = "
-            f"{context - 1} (the prompt needs at least one of the model's {context} positions)"
-        )
-    if temperature < 0:
-        raise ConfigError(f"temperature={temperature} must be >= 0 (0 is greedy)")
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"top_k={top_k} must be >= 1, or unset to turn it off")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigError(f"top_p={top_p} must be in (0, 1], or unset to turn it off")
-    if repetition_penalty <= 0:
-        raise ConfigError(
-            f"repetition_penalty={repetition_penalty} must be > 0 (1.0 is off, > 1 penalises)"
-        )

@@ -123,15 +123,6 @@ def build_cnn1d(cfg: CNNConfig, spec: InputSpec) -> nn.Module:
     def make_encoder(column: SequenceInput, in_dim: int) -> nn.Module:
         return Conv1dEncoder(cfg, column, in_dim)
 
-    return SequenceModel(
-        spec,
-        family="cnn",
-        make_encoder=make_encoder,
-        embedding_dim=cfg.embedding_dim,
-        vectors=cfg.vectors,
-        freeze_vectors=cfg.freeze_vectors,
-        dim_key="model.embedding_dim",
-        head_hidden=cfg.head_hidden,
-        head_dropout=cfg.head_dropout,
-        head_activation=cfg.activation,
+    return SequenceModel.of(
+        spec, cfg, "cnn", make_encoder, cfg.embedding_dim, head_activation=cfg.activation
     )

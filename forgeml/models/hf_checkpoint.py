@@ -11,16 +11,13 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from forgeml.errors import ConfigError, ForgeError
 from forgeml.packages import PREFIX, package_folder
-
-if TYPE_CHECKING:
-    from forgeml.models.pretrained import LoRAConfig
-
 
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
@@ -239,3 +236,17 @@ def _check_targets(model: nn.Module, targets: list[str]) -> None:
                 f"model.lora.target_modules: {target!r} matches no module of "
                 f"{type(model).__name__}; its Linear modules are: {', '.join(_adaptable(model))}"
             )
+
+
+class LoRAConfig(BaseModel):
+    """`model.lora`: low-rank adapters (peft `LoraConfig`) instead of full fine-tuning."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    r: int = Field(8, ge=1)  # rank of each adapter
+    alpha: float = Field(16.0, gt=0)  # the update is scaled by alpha / r
+    dropout: float = Field(0.0, ge=0, lt=1)  # on the adapter's input
+    # Module names (the last part, e.g. query, value; or a dotted suffix) to adapt; None: peft's
+    # default for the architecture (BERT: query, value; GPT-2: c_attn; Llama: q_proj, v_proj).
+    target_modules: list[str] | None = None
+    merge: bool = False  # on save: merge adapters into the base weights (a plain model)

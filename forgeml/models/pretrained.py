@@ -24,7 +24,7 @@ Heads (`transformers` Auto classes, so any architecture they know works):
   `AutoModelForSequenceClassification(num_labels=out_dim)`, with its architecture's own head
   (BERT: [CLS] -> pooler -> Linear; GPT-2: the last real token).
 - causal_lm: `AutoModelForCausalLM`; forward {"tokens": (B, T)} -> (B, T, V) logits (forgeml/lm/);
-  `decoder()` is what forgeml/generation/sampling.py samples through (forgeml/generation/hf_decoder.py).
+  forgeml/generation/decoders.py samples through its own forward and KV cache (`HFDecoder`).
 
 LoRA goes through `peft`: only the adapters and the classification head train. The run
 directory keeps the checkpoint's config.json and tokenizer files in RUN/pretrained/ and every
@@ -39,11 +39,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from forgeml.errors import ConfigError, ForgeError
 from forgeml.models.hf_checkpoint import (
+    LoRAConfig,
     check_files,
     check_loaded,
     load_tokenizer,
@@ -69,20 +70,6 @@ KEPT_FILES = (
     "tokenizer.model",
     "generation_config.json",
 )
-
-
-class LoRAConfig(BaseModel):
-    """`model.lora`: low-rank adapters (peft `LoraConfig`) instead of full fine-tuning."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    r: int = Field(8, ge=1)  # rank of each adapter
-    alpha: float = Field(16.0, gt=0)  # the update is scaled by alpha / r
-    dropout: float = Field(0.0, ge=0, lt=1)  # on the adapter's input
-    # Module names (the last part, e.g. query, value; or a dotted suffix) to adapt; None: peft's
-    # default for the architecture (BERT: query, value; GPT-2: c_attn; Llama: q_proj, v_proj).
-    target_modules: list[str] | None = None
-    merge: bool = False  # on save: merge adapters into the base weights (a plain model)
 
 
 class PretrainedConfig(BaseModel):
@@ -179,18 +166,6 @@ class Pretrained(nn.Module):
         else:  # cls: the first token's state
             pooled = hidden[:, 0]
         return self.classifier(self.dropout(pooled))  # (B, out_dim)
-
-    def decoder(self):
-        """The adapter forgeml/generation/sampling.py samples through (causal_lm only): the
-        checkpoint's own forward and KV cache (forgeml/generation/hf_decoder.py)."""
-        from forgeml.generation.hf_decoder import HFDecoder
-
-        if self.head != "causal_lm":
-            raise ConfigError(
-                f"model.head={self.head} does not generate text; generation needs a pretrained "
-                "model with head: causal_lm"
-            )
-        return HFDecoder(self.model, module=self, context_length=self.context_length)
 
     def encoder_inputs(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The checkpoint's input_ids and attention_mask, each (B, P + L + S), for a batch.

@@ -85,15 +85,4 @@ def build_rnn(cfg: RNNConfig, spec: InputSpec) -> nn.Module:
     def make_encoder(column: SequenceInput, in_dim: int) -> nn.Module:
         return RNNEncoder(cfg, in_dim)
 
-    return SequenceModel(
-        spec,
-        family="rnn",
-        make_encoder=make_encoder,
-        embedding_dim=cfg.embedding_dim,
-        vectors=cfg.vectors,
-        freeze_vectors=cfg.freeze_vectors,
-        dim_key="model.embedding_dim",
-        head_hidden=cfg.head_hidden,
-        head_dropout=cfg.head_dropout,
-        category_embedding_dim=cfg.category_embedding_dim,
-    )
+    return SequenceModel.of(spec, cfg, "rnn", make_encoder, cfg.embedding_dim)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -389,6 +390,34 @@ class SequenceModel(nn.Module):
         self.tabular = tabular if tabular.out_dim > 0 else None
         in_dim = sum(e.out_dim for e in self.encoders) + tabular.out_dim
         self.head = Head(in_dim, spec.out_dim, head_hidden or [], head_dropout, head_activation)
+
+    @classmethod
+    def of(
+        cls,
+        spec: InputSpec,
+        cfg: Any,
+        family: str,
+        make_encoder: EncoderFactory,
+        embedding_dim: int,
+        *,
+        dim_key: str = "model.embedding_dim",
+        head_activation: str = "relu",
+    ) -> SequenceModel:
+        """The model of a sequence family's config `cfg`: the fields every such family has
+        (vectors, freeze_vectors, head_hidden, head_dropout, category_embedding_dim) read here."""
+        return cls(
+            spec,
+            family=family,
+            make_encoder=make_encoder,
+            embedding_dim=embedding_dim,
+            vectors=cfg.vectors,
+            freeze_vectors=cfg.freeze_vectors,
+            dim_key=dim_key,
+            head_hidden=cfg.head_hidden,
+            head_dropout=cfg.head_dropout,
+            head_activation=head_activation,
+            category_embedding_dim=getattr(cfg, "category_embedding_dim", None),
+        )
 
     @property
     def vectors_found(self) -> dict[str, int]:

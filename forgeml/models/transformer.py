@@ -152,15 +152,6 @@ def build_transformer(cfg: TransformerConfig, spec: InputSpec) -> nn.Module:
     def make_encoder(column: SequenceInput, in_dim: int) -> nn.Module:
         return TransformerEncoder(cfg, column, in_dim)
 
-    return SequenceModel(
-        spec,
-        family="transformer",
-        make_encoder=make_encoder,
-        embedding_dim=cfg.d_model,
-        vectors=cfg.vectors,
-        freeze_vectors=cfg.freeze_vectors,
-        dim_key="model.d_model",
-        head_hidden=cfg.head_hidden,
-        head_dropout=cfg.head_dropout,
-        category_embedding_dim=cfg.category_embedding_dim,
+    return SequenceModel.of(
+        spec, cfg, "transformer", make_encoder, cfg.d_model, dim_key="model.d_model"
     )

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from forgeml.data.image import augment, images_to_tensor, is_grayscale, load_image
+from forgeml.data.image import augment, decode_images, is_grayscale, load_image
 from forgeml.errors import DataError
 
 
@@ -57,7 +57,7 @@ def test_relative_path_found_next_to_the_data_file(tmp_path):
     assert load_image("a.png", ref="r", base_dir=tmp_path).shape == (2, 2, 1)
 
 
-def test_images_to_tensor_converts_channels_and_resizes(tmp_path):
+def test_decode_images_converts_channels_and_resizes(tmp_path):
     rgb = np.zeros((4, 4, 3), dtype=np.uint8)
     rgb[..., 1] = 255  # pure green
     gray = np.full((8, 8), 255, dtype=np.uint8)
@@ -69,26 +69,28 @@ def test_images_to_tensor_converts_channels_and_resizes(tmp_path):
         np.full((4, 4), 51, dtype=np.uint8),  # an array value
     ]
     refs = [f"row {i}" for i in range(4)]
-    out = images_to_tensor(values, size=(4, 4), channels=3, refs=refs)
+    out, decoded = decode_images(values, size=(4, 4), channels=3, refs=refs, bad_rows=None)
+    assert decoded.tolist() == [0, 1, 2, 3]  # every image read
     assert out.shape == (4, 3, 4, 4) and out.dtype == torch.float32
     assert out.min() >= 0 and out.max() <= 1
     torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([0.0, 1.0, 0.0]))
     torch.testing.assert_close(out[1], torch.ones(3, 4, 4))
     torch.testing.assert_close(out[2], out[0])
     torch.testing.assert_close(out[3], torch.full((3, 4, 4), 0.2))
-    gray_out = images_to_tensor(values, size=(2, 3), channels=1, refs=refs)
+    gray_out, _ = decode_images(values, size=(2, 3), channels=1, refs=refs, bad_rows=None)
     assert gray_out.shape == (4, 1, 2, 3)
     # Pillow's "L" conversion of pure green: 587/1000 of full scale.
     assert abs(float(gray_out[0, 0, 0, 0]) - 150 / 255) < 1e-6
 
 
-def test_images_to_tensor_error_names_the_row(tmp_path):
+def test_decode_images_error_names_the_row(tmp_path):
     with pytest.raises(DataError, match=r"^data\.csv, line 3: cannot read image 'gone\.png'"):
-        images_to_tensor(
+        decode_images(
             [np.zeros((2, 2), dtype=np.uint8), "gone.png"],
             size=(2, 2),
             channels=1,
             refs=["data.csv, line 2", "data.csv, line 3"],
+            bad_rows=None,
         )
 
 

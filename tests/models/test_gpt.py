@@ -10,7 +10,8 @@ import torch
 from pydantic import ValidationError
 
 from forgeml.errors import ConfigError
-from forgeml.models.gpt import GPT, GPTConfig, build_gpt, gpt_config_from_hf
+from forgeml.models.gpt import GPT, GPTConfig, build_gpt
+from forgeml.models.gpt_hf import from_hf_gpt2, gpt_config_from_hf, to_hf_gpt2
 
 VOCAB = 50
 
@@ -191,13 +192,13 @@ def test_import_from_hf_gpt2_matches_its_logits() -> None:
 
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(hf_config()).eval()
-    ours = GPT.from_hf_gpt2(hf).eval()
+    ours = from_hf_gpt2(hf).eval()
     assert ours.config.activation == "gelu_tanh"
     idx = torch.randint(0, 300, (2, 40))
     with torch.no_grad():
         assert (ours(idx) - hf(idx).logits).abs().max() <= 1e-4
     # A bare state_dict with its config gives the same model.
-    again = GPT.from_hf_gpt2(hf.state_dict(), hf.config).eval()
+    again = from_hf_gpt2(hf.state_dict(), hf.config).eval()
     assert torch.equal(again(idx), ours(idx))
 
 
@@ -208,7 +209,7 @@ def test_export_to_hf_gpt2_round_trips_through_save_pretrained(tmp_path: Path) -
     ours = build_gpt(
         GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=128, activation="gelu_tanh"), 300
     ).eval()
-    state, config = ours.to_hf_gpt2()
+    state, config = to_hf_gpt2(ours)
     hf = GPT2LMHeadModel(config)
     hf.load_state_dict(state)
     hf.save_pretrained(tmp_path)
@@ -220,7 +221,7 @@ def test_export_to_hf_gpt2_round_trips_through_save_pretrained(tmp_path: Path) -
 
 def test_export_refuses_what_gpt2_cannot_hold() -> None:
     with pytest.raises(ConfigError, match="positions=rotary"):
-        tiny(positions="rotary").to_hf_gpt2()
+        to_hf_gpt2(tiny(positions="rotary"))
 
 
 def test_import_refuses_unsupported_gpt2_options() -> None:

@@ -18,7 +18,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing m
 
 transformers = pytest.importorskip("transformers")
 
-from forgeml.models.gpt import GPT  # noqa: E402
+from forgeml.models.gpt_hf import from_hf_gpt2, to_hf_gpt2  # noqa: E402
 
 VOCAB, POSITIONS = 300, 64
 
@@ -45,7 +45,7 @@ def random_gpt2(tie: bool = True) -> transformers.GPT2LMHeadModel:
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_logits_match_gpt2_over_the_whole_context(tie: bool) -> None:
     hf = random_gpt2(tie)
-    ours = GPT.from_hf_gpt2(hf).eval()
+    ours = from_hf_gpt2(hf).eval()
     assert ours.config.tie_embeddings == tie
     idx = torch.randint(0, VOCAB, (3, POSITIONS), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -55,7 +55,7 @@ def test_logits_match_gpt2_over_the_whole_context(tie: bool) -> None:
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_hf_to_ours_to_hf_gives_back_every_tensor(tie: bool) -> None:
     hf = random_gpt2(tie)
-    state, config = GPT.from_hf_gpt2(hf).to_hf_gpt2()
+    state, config = to_hf_gpt2(from_hf_gpt2(hf))
     original = hf.state_dict()
     assert set(state) <= set(original)
     # Anything the export leaves out must be what GPT2LMHeadModel ties or rebuilds itself.
@@ -82,7 +82,7 @@ def test_a_saved_gpt2_directory_loads_the_same_both_ways(tmp_path: Path) -> None
     hf = random_gpt2()
     hf.save_pretrained(tmp_path)
     loaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
-    ours = GPT.from_hf_gpt2(loaded).eval()
+    ours = from_hf_gpt2(loaded).eval()
     wrapped = build_model(PretrainedConfig(path=str(tmp_path), head="causal_lm"), None).eval()
     idx = torch.randint(0, VOCAB, (2, 33))
     with torch.no_grad():

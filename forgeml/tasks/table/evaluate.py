@@ -62,16 +62,10 @@ def table_steps(
     fit(model, train, val, cfg, steps=table_steps("multiclass", nn.CrossEntropyLoss()), seed=0)
     """
 
+    settings = {"task": task, "loss_fn": loss, "class_names": class_names}
+    settings.update(batch_size=eval_batch, target_scale=target_scale)
+
     def evaluate_split(model: nn.Module, data: Any, precision: str) -> dict[str, Any]:
-        return evaluate(
-            model,
-            data,
-            task=task,
-            loss_fn=loss,
-            class_names=class_names,
-            batch_size=eval_batch,
-            precision=precision,
-            target_scale=target_scale,
-        )
+        return evaluate(model, data, precision=precision, **settings)
 
     return TaskSteps(loss=loss, evaluate=evaluate_split, augment=augment)
