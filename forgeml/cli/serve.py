@@ -1,6 +1,6 @@
 """`forgeml serve RUN_DIR [RUN_DIR ...]`: the command, and `python -m forgeml.cli.serve`.
 
-`add_serve_parser(subparsers)` and `cmd_serve(args)` plug into forgeml/cli.py; importing this
+`add_serve_parser(subparsers)` and `cmd_serve(args)` plug into forgeml/cli/; importing this
 module imports no web framework, so the core CLI works without the `serve` extra.
 
 Exit codes: 0 after a clean shutdown (SIGTERM or SIGINT: stop accepting, finish the requests in

@@ -77,7 +77,7 @@ class CorpusConfig(Strict):
 
     `data.source` (and `data.val_source`) then name text files: a file, a folder (its files,
     recursively), a glob, a JSONL file (one document per line in `field`), or
-    `builtin:pystdlib` (the Python standard library's own source files). See forgeml/lm/.
+    `builtin:pystdlib` (the Python standard library's own source files). See forgeml/tasks/language_modeling/.
     """
 
     # char: one token per character seen; bpe: byte-level BPE trained on the train split;

@@ -2,7 +2,7 @@
 checking an export directory (export.json: format version, model file, sha256).
 
 `forgeml predict RUN --backend onnx` and `forgeml.load(RUN, backend="onnx")` use this module
-alone; writing exports is forgeml/export.py. onnxruntime is imported only when a session is made.
+alone; writing exports is forgeml/export/. onnxruntime is imported only when a session is made.
 """
 
 from __future__ import annotations

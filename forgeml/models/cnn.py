@@ -1,6 +1,6 @@
 """Convolutional network over the image input, with numeric/category features joined at the head.
 
-Without an image but with text/sequence columns, `build_cnn` builds the 1-D variant in cnn1d.py
+Without an image but with text/sequence columns, the registry builds the 1-D variant in cnn1d.py
 from the same config (Conv1d blocks per column, a global max over real steps, the same head).
 """
 

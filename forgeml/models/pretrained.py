@@ -14,7 +14,7 @@ Pickle weights (pytorch_model.bin) can run code when loaded; they are refused un
 `trust_pickle: true`.
 
 Heads (`transformers` Auto classes, so any architecture they know works):
-- sequence_classification, on the one text column of the data. `forgeml.api.prepare` tokenises
+- sequence_classification, on the one text column of the data. the table task (tasks/table/prepare.py) tokenises
   it with the checkpoint's own tokenizer.json (our ids = its ids + 1, 0 = padding); the forward
   shifts them back and puts the post-processor's special tokens around each row ([CLS] ... [SEP]
   for BERT), so a text keeps its first `max_length` tokens and the model sees max_length + 2.
@@ -23,7 +23,7 @@ Heads (`transformers` Auto classes, so any architecture they know works):
   (its pooling, e.g. mean) by a new Linear; any other directory as
   `AutoModelForSequenceClassification(num_labels=out_dim)`, with its architecture's own head
   (BERT: [CLS] -> pooler -> Linear; GPT-2: the last real token).
-- causal_lm: `AutoModelForCausalLM`; forward {"tokens": (B, T)} -> (B, T, V) logits (forgeml/lm/);
+- causal_lm: `AutoModelForCausalLM`; forward {"tokens": (B, T)} -> (B, T, V) logits (tasks/language_modeling/);
   forgeml/generation/decoders.py samples through its own forward and KV cache (`HFDecoder`).
 
 LoRA goes through `peft`: only the adapters and the classification head train. The run
@@ -134,7 +134,7 @@ class Pretrained(nn.Module):
         self.pad_id = pad_id
         self.pooling = pooling
         hf = _base(model).config
-        # Positions the model has (forgeml/lm reads `context_length`).
+        # Positions the model has (a language model's blocks and generation read `context_length`).
         self.context_length = int(
             getattr(hf, "max_position_embeddings", None) or getattr(hf, "n_positions", 0) or 0
         )

@@ -1,4 +1,4 @@
-"""Export-only stand-ins for what trace-based capture gets wrong, used by forgeml/export.py.
+"""Export-only stand-ins for what trace-based capture gets wrong (used by export.py here).
 
 Trace-based capture (torch.jit.trace, and the TorchScript-based ONNX exporter built on it)
 records one run of the Python code. Two of our modules trip it up; the stand-ins compute the
