@@ -73,10 +73,12 @@ def servers(runs: Runs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     all_runs = [str(path) for path in vars(runs).values()]
     started = Servers(
         main=ServerProcess(logs / "main.log", [*all_runs, "--max-body-bytes", "262144"]),
+        # A batch would wait 10 s for requests on their way, longer than any request may take
+        # (3 s): waiting for company that is not coming shows up as a 504, never as "slow".
         slow=ServerProcess(
             logs / "slow.log",
-            [str(runs.tabular), "--max-delay-ms", "2000", "--max-batch-size", "8"]
-            + ["--timeout-s", "1"],
+            [str(runs.tabular), "--max-delay-ms", "10000", "--max-batch-size", "8"]
+            + ["--timeout-s", "3"],
             env={"FORGEML_API_KEY": API_KEY},
         ),
         limits=ServerProcess(
@@ -85,7 +87,7 @@ def servers(runs: Runs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         gated=ServerProcess(
             logs / "gated.log",
             [str(runs.tabular), "--max-delay-ms", "1000", "--max-batch-size", "64"],
-            env={"FORGEML_SERVE_TEST_LOAD_GATE": str(logs / "gate")},
+            faults=["--load-gate", str(logs / "gate")],
         ),
         broken=ServerProcess(logs / "broken.log", [str(broken_run(runs.tabular, logs / "broken"))]),
         gate=logs / "gate",

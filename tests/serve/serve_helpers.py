@@ -11,18 +11,45 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 import forgeml
 
 START_TIMEOUT_S = 60
+WAIT_TIMEOUT_S = 60  # for something a test waits on to happen; generous: the machine may be busy
 LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+FAULTY_SERVER = Path(__file__).with_name("faulty_server.py")
+# uvicorn logs this once a SIGTERM has stopped it accepting and it waits for the requests in
+# flight: the moment to let a stalled request go on.
+DRAINING = "Waiting for connections to close"
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_TIMEOUT_S) -> None:
+    """Poll `condition` until it holds; fail naming `what` never happened."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout_s:g} s"
+        time.sleep(0.01)
+
+
+def metric(url: str, name: str, headers: dict | None = None, **labels: str) -> float:
+    """The sum of the samples `name` with `labels` on the server's /metrics (0 if none)."""
+    text = httpx.get(f"{url}/metrics", headers=headers).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 # --------------------------------------------------------------------------- runs
@@ -76,16 +103,29 @@ def reviews_csv(path: Path) -> Path:
 
 
 class ServerProcess:
-    """One `python -m forgeml.serve.cli ... --port 0` subprocess, its log in a file."""
+    """One `python -m forgeml.serve.cli ... --port 0` subprocess, its log in a file.
 
-    def __init__(self, log: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+    `faults`: options of faulty_server.py (e.g. ["--load-gate", PATH]); the server then starts
+    through it, the same server with those faults injected."""
+
+    def __init__(
+        self,
+        log: Path,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        faults: list[str] | None = None,
+    ) -> None:
         self.log_path = log
         self.args = args
         environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        if faults is None:
+            command = [sys.executable, "-m", "forgeml.serve.cli"]
+        else:
+            command = [sys.executable, str(FAULTY_SERVER), *faults, "--"]
         # The log goes to a file: a pipe nobody reads would block the server once full.
         with open(log, "wb") as sink:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "forgeml.serve.cli", *args, "--port", "0"],
+                [*command, *args, "--port", "0"],
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 env={**environment, **(env or {})},
@@ -121,6 +161,18 @@ class ServerProcess:
             time.sleep(0.05)
         return url
 
+    def log_count(self, text: str) -> int:
+        return self.log.count(text)
+
+    def wait_for_log(self, text: str, count: int = 1) -> None:
+        """Wait until `text` is in the log `count` times (the server must stay up)."""
+
+        def seen() -> bool:
+            assert self.proc.poll() is None, f"server exited waiting for {text!r}:\n{self.log}"
+            return self.log_count(text) >= count
+
+        wait_for(seen, f"log line {text!r} (x{count})")
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -138,9 +190,9 @@ API_KEY = "test-key-0123456789"
 @dataclass
 class Servers:
     main: ServerProcess  # every run, default batching, 256 KB bodies
-    slow: ServerProcess  # tabular; API key; batches wait 2 s for 8 rows; 1 s time limit
+    slow: ServerProcess  # tabular; API key; batches wait 10 s for 8 rows; 3 s time limit
     limits: ServerProcess  # digits; queue of 2, no batching
-    gated: ServerProcess  # tabular; loads once `gate` exists; batches wait 1 s for 64 rows
+    gated: ServerProcess  # tabular; loads once `gate` exists (faulty_server.py); batch delay 1 s
     broken: ServerProcess  # a run whose weights do not match their sha256: exits 2
     gate: Path
 
@@ -194,10 +246,11 @@ def broken_run(run: Path, copy: Path) -> Path:
 
 
 def slow_post(
-    url: str, path: str, body: dict, stall_s: float, headers: dict | None = None
+    url: str, path: str, body: dict, release: threading.Event, headers: dict | None = None
 ) -> tuple[int, dict]:
-    """POST `body` over a raw socket, stalling `stall_s` after the first half of it: the server
-    has entered the route (the request is on its way) but cannot parse it yet. (status, JSON)."""
+    """POST `body` over a raw socket, stalling after the first half of it until `release` is
+    set: the server has entered the route (the request is on its way) but cannot parse it yet.
+    (status, JSON)."""
     import socket
     from urllib.parse import urlsplit
 
@@ -213,7 +266,7 @@ def slow_post(
     ]
     with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data[: len(data) // 2])
-        time.sleep(stall_s)
+        assert release.wait(WAIT_TIMEOUT_S), "the test never released a stalled request body"
         sock.sendall(data[len(data) // 2 :])
         response = b""
         while chunk := sock.recv(65536):
