@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -41,14 +40,11 @@ from typing import Any, Protocol
 
 from forgeml.artifact import read_manifest
 from forgeml.errors import ForgeError
-from forgeml.serve.batching import LOAD_GATE_ENV, QueueFull, ShuttingDown
+from forgeml.serve.batching import QueueFull, ShuttingDown
 
 log = logging.getLogger("forgeml.serve")
 TASK = "language_modeling"
 MAX_GROUPS = 4  # groups generating at once; each costs one forward per step
-# Tests only: milliseconds to sleep after each step, so a stream is still running when a test
-# acts (e.g. sends SIGTERM) without needing a large model.
-STEP_DELAY_ENV = "FORGEML_SERVE_TEST_STEP_DELAY_MS"
 
 __all__ = [
     "Channel",
@@ -239,7 +235,6 @@ class Scheduler:
         self._expected = 0  # requests announced by `expect()` and not yet queued or withdrawn
         self._cond = threading.Condition()
         self._closing = False
-        self._step_delay_s = float(os.environ.get(STEP_DELAY_ENV) or 0) / 1000.0
         self._thread = threading.Thread(
             target=self._run, name=f"forgeml-generate-{model.name}", daemon=True
         )
@@ -311,9 +306,6 @@ class Scheduler:
 
     def _run(self) -> None:
         try:
-            gate = os.environ.get(LOAD_GATE_ENV)
-            while gate and not os.path.exists(gate) and not self._closing:
-                time.sleep(0.02)
             self.model.load()
             self.model.warmup()
         except BaseException as exc:  # a broken run directory: the server must not serve it
@@ -332,8 +324,6 @@ class Scheduler:
             for group in list(groups):
                 if not self._step(group):
                     groups.remove(group)
-            if self._step_delay_s and groups:
-                time.sleep(self._step_delay_s)
 
     def _take(self, *, idle: bool, room: bool) -> list[Job] | None:
         """The jobs of a new group ([] for none now); None once closed and nothing is left.
