@@ -4,8 +4,9 @@
 
 patches what the server calls and then runs the normal entry point, `forgeml.serve.cli.main`:
 
---load-gate PATH   every model's `load()` first waits until PATH exists, so a test can observe
-                   the server live but not ready, and decide when loading starts.
+--load-gate PATH   every model's `load()` first waits until PATH exists (or the server stops),
+                   so a test can observe the server live but not ready, and decide when
+                   loading starts.
 --hold PATH        while PATH exists, a language model's text stream stops before its next
                    step, once it has given out some text (so a client always has its first
                    chunk): requests stay in flight, queued behind it, for as long as the test
@@ -43,19 +44,36 @@ def wait_while(condition: Callable[[], bool], what: str) -> None:
 
 
 def gate_loading(gate: str) -> None:
-    from forgeml.serve.generation import ServedLM
+    from forgeml.serve.batching import Batcher
+    from forgeml.serve.generation import Scheduler, ServedLM
     from forgeml.serve.models import ServedModel
+
+    # A server stopped before its gate opened (its test did not run) stops at once, as one
+    # whose models load quickly: closing a model's worker opens the gate.
+    stopping = threading.Event()
 
     def gated(load: Callable[[Any], None]) -> Callable[[Any], None]:
         @functools.wraps(load)
         def wrapper(self: Any) -> None:
-            wait_while(lambda: not os.path.exists(gate), f"{gate} to exist")
+            wait_while(
+                lambda: not os.path.exists(gate) and not stopping.is_set(), f"{gate} to exist"
+            )
             load(self)
+
+        return wrapper
+
+    def closing(close: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(close)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+            stopping.set()
+            close(self, *args, **kwargs)
 
         return wrapper
 
     for cls in (ServedModel, ServedLM):
         cls.load = gated(cls.load)  # type: ignore[method-assign]
+    for cls in (Batcher, Scheduler):
+        cls.close = closing(cls.close)  # type: ignore[method-assign]
 
 
 def hold_streams(hold: str) -> None:
