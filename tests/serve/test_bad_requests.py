@@ -331,6 +331,38 @@ def test_errors_name_the_field(
     assert message in r.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/models/tabular:predict",
+            b'{"instances": [{"age": 1, "color": "red", "\\ud800": 1}]}',
+        ),
+        # the same as UTF-8 bytes, which json.loads decodes with "surrogatepass"
+        (
+            "/v1/models/tabular:predict",
+            b'{"instances": [{"age": 1, "color": "red", "\xed\xa0\x80": 1}]}',
+        ),
+        ("/v1/models/reviews:predict", b'{"instances": [{"review": "\\udfff"}]}'),
+        (  # in UTF-16, which json.loads detects
+            "/v1/models/tabular:predict",
+            '{"instances": [{"\ud800": 1}]}'.encode("utf-16-le", "surrogatepass"),
+        ),
+        (
+            "/v2/models/tabular/infer",
+            b'{"inputs": [{"name": "\\udbff", "shape": [1], "datatype": "FP64", "data": [1]}]}',
+        ),
+    ],
+)
+def test_a_lone_surrogate_is_400(main_url: str, path: str, body: bytes) -> None:
+    # Not text (no UTF-8 for it): error responses naming such a key or value failed (500s).
+    r = httpx.post(main_url + path, content=body, headers=JSON)
+    assert r.status_code == 400 and "lone surrogate" in r.json()["error"], r.text
+    pair = b'{"instances": [{"review": "great \\ud83d\\ude00"}]}'  # a pair: one character
+    r = httpx.post(f"{main_url}/v1/models/reviews:predict", content=pair, headers=JSON)
+    assert r.status_code == 200, r.text
+
+
 def test_nan_in_json_is_400(main_url: str) -> None:
     body = b'{"instances": [{"age": NaN, "income": 1, "color": "red"}]}'
     r = httpx.post(f"{main_url}/v1/models/tabular:predict", content=body, headers=JSON)
