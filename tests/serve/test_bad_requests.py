@@ -320,6 +320,19 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(main_url: str) 
             "inputs[0].data",
             "outside 0..1",
         ),
+        *(  # lists where numbers belong, ragged or nested deeper than the shape (were 500s)
+            (
+                f"/v2/models/{model}/infer",
+                {"inputs": [{"name": name, "shape": shape, "datatype": "FP32", "data": data}]},
+                "inputs[0].data",
+                "an array among the values",
+            )
+            for model, name, shape, data in [
+                ("digits", "image", [1, 2, 2], [[[0.5, [0.5]], [0.5, 0.5]]]),
+                ("digits", "image", [1, 1, 2], [[[[0.5, 0.5], [0.5, 0.5]]]]),
+                ("waves", "signal", [1, 2], [[[1, 2], [3, 4]]]),
+            ]
+        ),
     ],
 )
 def test_errors_name_the_field(
