@@ -15,56 +15,14 @@ from serve_helpers import (
     ServerProcess,
     Servers,
     broken_run,
-    reviews_csv,
     stop_all,
-    tags_csv,
-    train,
+    train_runs,
 )
 
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    out = tmp_path_factory.mktemp("serve-runs")
-    text = reviews_csv(out / "reviews.csv")
-    return Runs(
-        tabular=train(
-            out,
-            "tabular",
-            {"source": "builtin:tabular?n=300", "target": "label"},
-            {"name": "mlp", "hidden_sizes": [8]},
-            epochs=2,
-        ),
-        digits=train(
-            out,
-            "digits",
-            {"source": "builtin:digits", "target": "label"},
-            {"name": "cnn", "channels": [4], "head_hidden": [8]},
-        ),
-        reviews=train(
-            out,
-            "reviews",
-            {"source": str(text), "target": "sentiment", "columns": {"review": {"type": "text"}}},
-            {"name": "rnn", "cell": "gru", "hidden_size": 8, "embedding_dim": 8},
-        ),
-        regression=train(
-            out,
-            "regression",
-            {"source": "builtin:regression?n=200&features=3", "target": "y"},
-            {"name": "mlp", "hidden_sizes": [8]},
-        ),
-        tags=train(
-            out,
-            "tags",
-            {"source": str(tags_csv(out / "tags.csv")), "target": "tags"},
-            {"name": "mlp", "hidden_sizes": [8]},
-        ),
-        waves=train(
-            out,
-            "waves",
-            {"source": "builtin:waves?n=90&length=16", "target": "label"},
-            {"name": "cnn", "channels": [4], "head_hidden": [8]},
-        ),
-    )
+    return train_runs(tmp_path_factory.mktemp("serve-runs"))
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -83,6 +84,77 @@ def train(out: Path, name: str, data: dict, model: dict, epochs: int = 1) -> Pat
         "model": model,
         "train": {"batch_size": 64, "max_epochs": epochs, "precision": "fp32"},
         "output": {"dir": str(out), "name": name},
+    }
+    return forgeml.train(config, quiet=True).dir
+
+
+def train_runs(out: Path) -> Runs:
+    """The tiny runs of the main server (conftest.py; bench/fuzz_serve.py), trained into `out`."""
+    text = reviews_csv(out / "reviews.csv")
+    return Runs(
+        tabular=train(
+            out,
+            "tabular",
+            {"source": "builtin:tabular?n=300", "target": "label"},
+            {"name": "mlp", "hidden_sizes": [8]},
+            epochs=2,
+        ),
+        digits=train(
+            out,
+            "digits",
+            {"source": "builtin:digits", "target": "label"},
+            {"name": "cnn", "channels": [4], "head_hidden": [8]},
+        ),
+        reviews=train(
+            out,
+            "reviews",
+            {"source": str(text), "target": "sentiment", "columns": {"review": {"type": "text"}}},
+            {"name": "rnn", "cell": "gru", "hidden_size": 8, "embedding_dim": 8},
+        ),
+        regression=train(
+            out,
+            "regression",
+            {"source": "builtin:regression?n=200&features=3", "target": "y"},
+            {"name": "mlp", "hidden_sizes": [8]},
+        ),
+        tags=train(
+            out,
+            "tags",
+            {"source": str(tags_csv(out / "tags.csv")), "target": "tags"},
+            {"name": "mlp", "hidden_sizes": [8]},
+        ),
+        waves=train(
+            out,
+            "waves",
+            {"source": "builtin:waves?n=90&length=16", "target": "label"},
+            {"name": "cnn", "channels": [4], "head_hidden": [8]},
+        ),
+    )
+
+
+LM = "tinylm"
+LM_CONTEXT = 32
+LM_SENTENCES = [
+    "system: answer briefly.\nuser: hello there, how are you?\nassistant: fine, thanks.\n",
+    "user: what is the weather like today?\nassistant: it is sunny and warm.\n",
+    "the quick brown fox jumps over the lazy dog. 0123456789\n",
+]
+
+
+def train_lm(out: Path) -> Path:
+    """A tiny character-level GPT (2 layers, 32 dims, context 32, 30 steps) named `LM`."""
+    rng = random.Random(0)
+    corpus = out / "corpus.txt"
+    corpus.write_text("".join(rng.choice(LM_SENTENCES) for _ in range(300)), encoding="utf-8")
+    config = {
+        "seed": 0,
+        "data": {
+            "source": str(corpus),
+            "corpus": {"tokenizer": "char", "eval_blocks": 8, "sample_tokens": 0},
+        },
+        "model": {"name": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": LM_CONTEXT},
+        "train": {"batch_size": 8, "max_steps": 30, "precision": "fp32"},
+        "output": {"dir": str(out), "name": LM},
     }
     return forgeml.train(config, quiet=True).dir
 
@@ -176,11 +248,15 @@ class ServerProcess:
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        return self.wait_stopped()
+
+    def wait_stopped(self) -> int:
+        """The exit code once it has stopped (killed after 30 s)."""
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         return self.proc.returncode
 
 
@@ -198,11 +274,12 @@ class Servers:
 
 
 def stop_all(servers: list[ServerProcess]) -> list[int]:
-    """SIGTERM to every server at once, then their exit codes."""
+    """SIGTERM to every server at once, then their exit codes. One SIGTERM each: a second one,
+    once the server has put back the default handler on its way out, would kill it (-15)."""
     for server in servers:
         if server.proc.poll() is None:
             server.proc.send_signal(signal.SIGTERM)
-    return [server.stop() for server in servers]
+    return [server.wait_stopped() for server in servers]
 
 
 # --------------------------------------------------------------------------- inputs

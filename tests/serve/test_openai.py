@@ -19,7 +19,6 @@ needs (no sleeping, no racing a clock).
 from __future__ import annotations
 
 import json
-import random
 import signal
 from collections import Counter
 from collections.abc import Iterator
@@ -37,25 +36,20 @@ from hypothesis import HealthCheck, given, settings
 from serve_helpers import (
     API_KEY,
     DRAINING,
+    LM,
+    LM_CONTEXT,
     TABULAR_ROWS,
     WAIT_TIMEOUT_S,
     ServerProcess,
     metric,
     stop_all,
     train,
+    train_lm,
     wait_for,
 )
 
-import forgeml
-
-LM = "tinylm"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-CONTEXT = 32
-SENTENCES = [
-    "system: answer briefly.\nuser: hello there, how are you?\nassistant: fine, thanks.\n",
-    "user: what is the weather like today?\nassistant: it is sunny and warm.\n",
-    "the quick brown fox jumps over the lazy dog. 0123456789\n",
-]
+CONTEXT = LM_CONTEXT
 
 
 @dataclass
@@ -66,23 +60,6 @@ class Servers:
     gate: Path  # the gated server loads once this exists
     guarded_hold: Path  # while these exist, the servers' streams stop after their first text
     gated_hold: Path
-
-
-def train_lm(out: Path) -> Path:
-    rng = random.Random(0)
-    corpus = out / "corpus.txt"
-    corpus.write_text("".join(rng.choice(SENTENCES) for _ in range(300)), encoding="utf-8")
-    config = {
-        "seed": 0,
-        "data": {
-            "source": str(corpus),
-            "corpus": {"tokenizer": "char", "eval_blocks": 8, "sample_tokens": 0},
-        },
-        "model": {"name": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": CONTEXT},
-        "train": {"batch_size": 8, "max_steps": 30, "precision": "fp32"},
-        "output": {"dir": str(out), "name": LM},
-    }
-    return forgeml.train(config, quiet=True).dir
 
 
 @pytest.fixture(scope="module")
