@@ -344,7 +344,8 @@ def _value_at(body: Any, path: tuple) -> st.SearchStrategy[Any]:
         if tensor.get("datatype") != "BYTES":  # numbers, maybe nested: [N, H, W], [N, L]
             return st.one_of(NUMBERS, st.lists(NUMBERS, max_size=3), LEAVES, ANY)
         kinds = {c: k for columns in MODELS.values() for c, k in columns.items()}
-        return column_value(kinds.get(tensor.get("name"), "numeric"))
+        name = tensor.get("name")  # an earlier mutation may have made it anything
+        return column_value(kinds.get(name, "numeric") if isinstance(name, str) else "numeric")
     if len(path) == 1 and path[0] in fields:
         return fields[path[0]]
     return ANY
