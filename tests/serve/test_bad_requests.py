@@ -214,6 +214,15 @@ def test_a_lone_surrogate_is_400(main_url: str, path: str, body: bytes) -> None:
     assert r.status_code == 200, r.text
 
 
+def test_an_error_message_is_one_line(main_url: str) -> None:
+    # The column a client named is quoted in the message: its line breaks come escaped.
+    row = {**TABULAR_ROWS[0], "bad\ncolumn\u2028": 1}
+    r = httpx.post(f"{main_url}/v1/models/tabular:predict", json={"instances": [row]})
+    assert r.status_code == 422 and r.json()["field"] == "instances[0].bad\ncolumn\u2028"
+    message = r.json()["error"]
+    assert len(message.splitlines()) == 1 and "'bad\\ncolumn\\u2028'" in message, message
+
+
 def test_nan_in_json_is_400(main_url: str) -> None:
     body = b'{"instances": [{"age": NaN, "income": 1, "color": "red"}]}'
     r = httpx.post(f"{main_url}/v1/models/tabular:predict", content=body, headers=JSON)

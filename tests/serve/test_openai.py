@@ -307,6 +307,13 @@ def test_malformed_bodies_get_a_4xx_naming_the_field(open_url: str) -> None:
 JSON = {"content-type": "application/json"}
 
 
+def test_an_error_message_is_one_line(open_url: str) -> None:
+    r = httpx.post(f"{open_url}/v1/completions", json={**GOOD[C], "bad\nkey": 1})
+    error = r.json()["error"]
+    assert r.status_code == 422 and error["param"] == "bad\nkey"
+    assert "\n" not in error["message"] and "bad\\nkey" in error["message"], error
+
+
 def test_random_malformed_bodies_never_get_a_5xx(open_url: str) -> None:
     """Hypothesis writes completion and chat bodies (fuzz_requests.py); a fixed seed, and at
     most 24 generated tokens per choice (--max-tokens). bench/fuzz_serve.py runs many more."""
