@@ -40,7 +40,9 @@ def servers(runs: Runs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
             env={"FORGEML_API_KEY": API_KEY},
         ),
         limits=ServerProcess(
-            logs / "limits.log", [str(runs.digits), "--max-queue", "2", "--no-batching"]
+            logs / "limits.log",
+            [str(runs.digits), "--max-queue", "2", "--no-batching"],
+            faults=["--hold", str(logs / "limits-hold")],
         ),
         gated=ServerProcess(
             logs / "gated.log",
@@ -49,6 +51,7 @@ def servers(runs: Runs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         ),
         broken=ServerProcess(logs / "broken.log", [str(broken_run(runs.tabular, logs / "broken"))]),
         gate=logs / "gate",
+        limits_hold=logs / "limits-hold",
     )
     yield started
     stop_all([s for s in vars(started).values() if isinstance(s, ServerProcess)])

@@ -7,11 +7,12 @@ patches what the server calls and then runs the normal entry point, `forgeml.ser
 --load-gate PATH   every model's `load()` first waits until PATH exists (or the server stops),
                    so a test can observe the server live but not ready, and decide when
                    loading starts.
---hold PATH        while PATH exists, a language model's text stream stops before its next
-                   step, once it has given out some text (so a client always has its first
-                   chunk): requests stay in flight, queued behind it, for as long as the test
-                   wants. Each stop prints one line "faulty_server: held (N)" to stderr, N
-                   counting from 1, so a test can wait for "the stream is held now".
+--hold PATH        while PATH exists, a classifier's forward pass waits before it starts, and a
+                   language model's text stream before its next step once it has given out
+                   some text (so a client always has its first chunk): requests stay in
+                   flight, queued behind it, for as long as the test wants. Each wait prints
+                   one line "faulty_server: held (N)" to stderr, N counting from 1, so a test
+                   can wait for "the model is held now".
 
 The product has no test hooks: the faults live here, around its public methods. Every wait is
 bounded (WAIT_LIMIT_S), after which the server carries on, so a forgotten file cannot hang it.
@@ -76,25 +77,39 @@ def gate_loading(gate: str) -> None:
         cls.close = closing(cls.close)  # type: ignore[method-assign]
 
 
-def hold_streams(hold: str) -> None:
+def hold_models(hold: str) -> None:
     from forgeml.lm.model import TextStream
+    from forgeml.serve.models import ServedModel
 
-    original = TextStream.__iter__
     counter = itertools.count(1)
     lock = threading.Lock()
 
+    def held() -> None:
+        if os.path.exists(hold):
+            with lock:
+                n = next(counter)
+            print(f"{HELD} ({n})", file=sys.stderr, flush=True)
+            wait_while(lambda: os.path.exists(hold), f"{hold} to be removed")
+
+    forward = ServedModel.forward
+
+    @functools.wraps(forward)
+    def held_forward(self: Any, inputs: Any) -> Any:
+        held()
+        return forward(self, inputs)
+
+    steps = TextStream.__iter__
+
     def held_iter(self: Any) -> Iterator[list[str]]:
         shown = False
-        for pieces in original(self):
+        for pieces in steps(self):
             yield pieces
             # Runs when the scheduler asks for the next step: the pieces above were delivered.
             shown = shown or any(pieces)
-            if shown and os.path.exists(hold):
-                with lock:
-                    n = next(counter)
-                print(f"{HELD} ({n})", file=sys.stderr, flush=True)
-                wait_while(lambda: os.path.exists(hold), f"{hold} to be removed")
+            if shown:
+                held()
 
+    ServedModel.forward = held_forward  # type: ignore[method-assign]
     TextStream.__iter__ = held_iter  # type: ignore[method-assign]
 
 
@@ -108,7 +123,7 @@ def main(argv: list[str]) -> int:
     if args.load_gate:
         gate_loading(args.load_gate)
     if args.hold:
-        hold_streams(args.hold)
+        hold_models(args.hold)
     from forgeml.serve.cli import main as serve
 
     return serve(serve_args)

@@ -267,10 +267,11 @@ API_KEY = "test-key-0123456789"
 class Servers:
     main: ServerProcess  # every run, default batching, 256 KB bodies
     slow: ServerProcess  # tabular; API key; batches wait 10 s for 8 rows; 3 s time limit
-    limits: ServerProcess  # digits; queue of 2, no batching
+    limits: ServerProcess  # digits; queue of 2, no batching; held while `limits_hold` exists
     gated: ServerProcess  # tabular; loads once `gate` exists (faulty_server.py); batch delay 1 s
     broken: ServerProcess  # a run whose weights do not match their sha256: exits 2
     gate: Path
+    limits_hold: Path
 
 
 def stop_all(servers: list[ServerProcess]) -> list[int]:
