@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import platform
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -133,7 +134,10 @@ def main() -> int:
         print(f"\nPROBLEM {problem}\n  {request!r}")
     for name, log in logs.items():
         if "Traceback" in log:
-            print(f"\n{name} server log has a traceback:\n{log[log.index('Traceback') :][:3000]}")
+            # what the tracebacks ended in, and the first one whole
+            raised = Counter(re.findall(r"^([\w.]+(?:Error|Exception)): ", log, re.MULTILINE))
+            print(f"\n{name} server log, exceptions: {dict(raised)}")
+            print(log[log.index("Traceback") :][:3000])
     return 1 if problems or any(code != 0 for code in codes) else 0
 
 
