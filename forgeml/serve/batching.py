@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -36,9 +35,6 @@ from forgeml.tasks.table.serving import ServedModel
 
 log = logging.getLogger("forgeml.serve")
 SOURCE = "request"  # preprocessing errors read "request, record 3, column 'age': ..."
-# Tests only: a path; every model's loading waits until it exists, so "not ready yet" can be
-# observed deterministically.
-LOAD_GATE_ENV = "FORGEML_SERVE_TEST_LOAD_GATE"
 
 
 class QueueFull(Exception):
@@ -182,9 +178,6 @@ class Batcher:
 
     def _run(self) -> None:
         try:
-            gate = os.environ.get(LOAD_GATE_ENV)
-            while gate and not os.path.exists(gate) and not self._closing:
-                time.sleep(0.02)
             self.model.load()
             self.model.warmup()
         except BaseException as exc:  # a broken run directory: the server must not serve it

@@ -32,6 +32,8 @@ from forgeml.tasks.table.serving import InputColumn, ServedModel
 
 # "<source>, record <n>, column '<name>'": where a preprocessing DataError points.
 _RECORD_REF = re.compile(r"record (\d+), column '([^']*)'")
+# json.loads keeps a lone UTF-16 surrogate ("\ud800", or its UTF-8-style bytes): not text.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 Locate = Callable[[int, str], str]  # (row index, column) -> field of the request
 
@@ -50,10 +52,38 @@ def parse_json(body: bytes, content_type: str | None) -> Any:
     if not body.strip():
         raise RequestError(400, "empty request body; send a JSON object")
     try:
-        return json.loads(body, parse_constant=_no_constant)
+        document = json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge integers
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc) or "too deep"
         raise RequestError(400, f"the body is not valid JSON: {detail}") from None
+    # In UTF-8 only an escape or a byte 0xED can make one, so most bodies skip the walk.
+    utf8 = json.detect_encoding(body).startswith("utf-8")
+    maybe = not utf8 or b"\\u" in body or b"\xed" in body
+    if maybe and _has_lone_surrogate(document):
+        raise RequestError(
+            400,
+            "the body is not valid JSON text: a string holds a lone surrogate (\\ud800-\\udfff "
+            "without its pair), which is no character; send valid Unicode",
+        )
+    return document
+
+
+def _has_lone_surrogate(document: Any) -> bool:
+    """Whether a string (or key) of the document holds a surrogate code point. A valid pair of
+    escapes decodes to one character, so any surrogate left is a lone one. Iterative: a body
+    nested as deep as json.loads allows must not exhaust the stack here."""
+    stack = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _no_constant(name: str) -> Any:

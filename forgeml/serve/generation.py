@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -38,14 +37,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from forgeml.serve.batching import LOAD_GATE_ENV, QueueFull, ShuttingDown
+from forgeml.serve.batching import QueueFull, ShuttingDown
 from forgeml.tasks.language_modeling.serving import ServedLM
 
 log = logging.getLogger("forgeml.serve")
 MAX_GROUPS = 4  # groups generating at once; each costs one forward per step
-# Tests only: milliseconds to sleep after each step, so a stream is still running when a test
-# acts (e.g. sends SIGTERM) without needing a large model.
-STEP_DELAY_ENV = "FORGEML_SERVE_TEST_STEP_DELAY_MS"
 
 __all__ = [
     "Channel",
@@ -176,7 +172,6 @@ class Scheduler:
         self._expected = 0  # requests announced by `expect()` and not yet queued or withdrawn
         self._cond = threading.Condition()
         self._closing = False
-        self._step_delay_s = float(os.environ.get(STEP_DELAY_ENV) or 0) / 1000.0
         self._thread = threading.Thread(
             target=self._run, name=f"forgeml-generate-{model.name}", daemon=True
         )
@@ -248,9 +243,6 @@ class Scheduler:
 
     def _run(self) -> None:
         try:
-            gate = os.environ.get(LOAD_GATE_ENV)
-            while gate and not os.path.exists(gate) and not self._closing:
-                time.sleep(0.02)
             self.model.load()
             self.model.warmup()
         except BaseException as exc:  # a broken run directory: the server must not serve it
@@ -269,8 +261,6 @@ class Scheduler:
             for group in list(groups):
                 if not self._step(group):
                     groups.remove(group)
-            if self._step_delay_s and groups:
-                time.sleep(self._step_delay_s)
 
     def _take(self, *, idle: bool, room: bool) -> list[Job] | None:
         """The jobs of a new group ([] for none now); None once closed and nothing is left.

@@ -16,10 +16,18 @@ from starlette.responses import JSONResponse
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 
 
+def one_line(message: str) -> str:
+    """`message` with line breaks and other unprintable characters escaped as repr writes them:
+    a message quoting a client's key or name stays one line."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def error_response(
     status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    body: dict[str, Any] = {"error": message}
+    body: dict[str, Any] = {"error": one_line(message)}
     if field is not None:
         body["field"] = field
     return JSONResponse(body, status_code=status, headers=headers)

@@ -55,6 +55,7 @@ from forgeml.serve.generation import (
     ShuttingDown,
     Text,
 )
+from forgeml.serve.limits import one_line
 from forgeml.serve.values import RequestError
 
 MAX_CHOICES = 16  # prompts x n per request
@@ -257,7 +258,7 @@ ERROR_TYPES = {
 
 def error_json(status: int, message: str, param: str | None, code: str | None) -> dict[str, Any]:
     kind = ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return {"error": {"message": one_line(message), "type": kind, "param": param, "code": code}}
 
 
 def error_response(exc: RequestError) -> JSONResponse:

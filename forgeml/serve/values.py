@@ -100,10 +100,14 @@ def dense_rows(
         expected = "[N, L] or [N, L, C] (L steps of C values)"
     if not ok:
         raise invalid(f"{where}.shape", f"{shape}: expected {expected}")
-    array = np.array(flat)
+    try:
+        array = np.array(flat)
+    except ValueError:  # lists of different lengths where numbers belong
+        array = np.array([], dtype=object)
     has_bool = array.dtype.kind in "iu" and any(isinstance(v, bool) for v in flat)
     if (
         has_bool
+        or array.ndim != 1  # lists nested deeper than the shape says, in place of numbers
         or array.dtype.kind not in "iuf"
         or (datatype in INT_RANGES and array.dtype.kind == "f")
     ):

@@ -15,56 +15,14 @@ from serve_helpers import (
     ServerProcess,
     Servers,
     broken_run,
-    reviews_csv,
     stop_all,
-    tags_csv,
-    train,
+    train_runs,
 )
 
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    out = tmp_path_factory.mktemp("serve-runs")
-    text = reviews_csv(out / "reviews.csv")
-    return Runs(
-        tabular=train(
-            out,
-            "tabular",
-            {"source": "builtin:tabular?n=300", "target": "label"},
-            {"name": "mlp", "hidden_sizes": [8]},
-            epochs=2,
-        ),
-        digits=train(
-            out,
-            "digits",
-            {"source": "builtin:digits", "target": "label"},
-            {"name": "cnn", "channels": [4], "head_hidden": [8]},
-        ),
-        reviews=train(
-            out,
-            "reviews",
-            {"source": str(text), "target": "sentiment", "columns": {"review": {"type": "text"}}},
-            {"name": "rnn", "cell": "gru", "hidden_size": 8, "embedding_dim": 8},
-        ),
-        regression=train(
-            out,
-            "regression",
-            {"source": "builtin:regression?n=200&features=3", "target": "y"},
-            {"name": "mlp", "hidden_sizes": [8]},
-        ),
-        tags=train(
-            out,
-            "tags",
-            {"source": str(tags_csv(out / "tags.csv")), "target": "tags"},
-            {"name": "mlp", "hidden_sizes": [8]},
-        ),
-        waves=train(
-            out,
-            "waves",
-            {"source": "builtin:waves?n=90&length=16", "target": "label"},
-            {"name": "cnn", "channels": [4], "head_hidden": [8]},
-        ),
-    )
+    return train_runs(tmp_path_factory.mktemp("serve-runs"))
 
 
 @pytest.fixture(scope="session")
@@ -73,22 +31,27 @@ def servers(runs: Runs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     all_runs = [str(path) for path in vars(runs).values()]
     started = Servers(
         main=ServerProcess(logs / "main.log", [*all_runs, "--max-body-bytes", "262144"]),
+        # A batch would wait 10 s for requests on their way, longer than any request may take
+        # (3 s): waiting for company that is not coming shows up as a 504, never as "slow".
         slow=ServerProcess(
             logs / "slow.log",
-            [str(runs.tabular), "--max-delay-ms", "2000", "--max-batch-size", "8"]
-            + ["--timeout-s", "1"],
+            [str(runs.tabular), "--max-delay-ms", "10000", "--max-batch-size", "8"]
+            + ["--timeout-s", "3"],
             env={"FORGEML_API_KEY": API_KEY},
         ),
         limits=ServerProcess(
-            logs / "limits.log", [str(runs.digits), "--max-queue", "2", "--no-batching"]
+            logs / "limits.log",
+            [str(runs.digits), "--max-queue", "2", "--no-batching"],
+            faults=["--hold", str(logs / "limits-hold")],
         ),
         gated=ServerProcess(
             logs / "gated.log",
             [str(runs.tabular), "--max-delay-ms", "1000", "--max-batch-size", "64"],
-            env={"FORGEML_SERVE_TEST_LOAD_GATE": str(logs / "gate")},
+            faults=["--load-gate", str(logs / "gate")],
         ),
         broken=ServerProcess(logs / "broken.log", [str(broken_run(runs.tabular, logs / "broken"))]),
         gate=logs / "gate",
+        limits_hold=logs / "limits-hold",
     )
     yield started
     stop_all([s for s in vars(started).values() if isinstance(s, ServerProcess)])

@@ -54,7 +54,7 @@ def started(run_dir: Any, **options: Any) -> tuple[Batcher, Recorder]:
 
 
 def test_merged_requests_get_their_own_predictions(runs: Runs) -> None:
-    batcher, metrics = started(runs.reviews)
+    batcher, metrics = started(runs.reviews, max_delay_s=600.0)  # waits for all: announced
     jobs = [
         ["great phone"],
         ["awful and broken, the phone is bad and I hate it", "fine"],
@@ -105,26 +105,46 @@ def test_texts_cut_to_max_length_are_counted(runs: Runs) -> None:
     assert metrics.truncated == {"review": 2}
 
 
-def test_a_lone_request_does_not_wait_for_company(runs: Runs) -> None:
-    """Nothing announced: the batch runs at once, not after max_delay_s (here 2 s)."""
-    batcher, metrics = started(runs.reviews, max_delay_s=2.0)
+async def taken(batcher: Batcher) -> None:
+    """Wait until a job just submitted with `ensure_future` is queued (the task's first step,
+    one turn of the loop) and the worker has taken it (it may still be gathering its batch)."""
+    await asyncio.sleep(0)
+    deadline = asyncio.get_running_loop().time() + 30
+    while batcher._queue:
+        assert asyncio.get_running_loop().time() < deadline, "the worker never took the job"
+        await asyncio.sleep(0.01)
 
-    async def run() -> float:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        await batcher.submit([{"review": "great phone"}], locate, 10)
-        return loop.time() - start
+
+def test_a_batch_waits_only_for_requests_on_their_way(runs: Runs) -> None:
+    """The batch delay is 10 min here: a request that waited for it would never finish, and each
+    wait below is capped at 30 s; only announced requests (`expect()`) are waited for."""
+    batcher, metrics = started(runs.reviews, max_delay_s=600.0)
+    one = [{"review": "great phone"}]
+
+    async def alone() -> None:  # nothing announced: runs at once
+        await asyncio.wait_for(batcher.submit(one, locate, 30), 30)
+
+    async def joined() -> None:  # the worker has taken the first; the second comes and joins
+        batcher.expect()
+        first = asyncio.ensure_future(batcher.submit(one, locate, 30))
+        await taken(batcher)
+        assert not first.done()  # waiting for the announced one
+        await asyncio.wait_for(batcher.submit(one, locate, 30, expected=True), 30)
+        await asyncio.wait_for(first, 30)
+
+    async def withdrawn() -> None:  # the announced one fails before coming: no more waiting
+        batcher.expect()
+        first = asyncio.ensure_future(batcher.submit(one, locate, 30))
+        await taken(batcher)
+        batcher.unexpect()
+        await asyncio.wait_for(first, 30)
 
     try:
-        seconds = [asyncio.run(run()) for _ in range(3)]
-        batcher.expect()  # one on its way that never comes: waited for, then given up
-        slow = asyncio.run(run())
-        batcher.unexpect()
+        for case in (alone, alone, joined, withdrawn):
+            asyncio.run(case())
     finally:
         batcher.close(5)
-    assert max(seconds) < 0.5, seconds
-    assert slow >= 1.9, slow
-    assert metrics.batches == [(1, 1)] * 4
+    assert metrics.batches == [(1, 1), (1, 1), (2, 2), (1, 1)]
 
 
 def test_merge_pads_texts_to_the_longest() -> None:
@@ -143,7 +163,8 @@ def test_full_queue_refuses_and_a_timed_out_request_leaves_the_queue(runs: Runs)
 
     async def run() -> None:
         waiting = asyncio.ensure_future(batcher.submit(record, locate, 0.2))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one turn of the loop: the task's first step queues the job
+        assert len(batcher._queue) == 1
         with pytest.raises(QueueFull):
             await batcher.submit(record, locate, 0.2)
         with pytest.raises(TimeoutError):

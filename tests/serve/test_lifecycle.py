@@ -6,20 +6,28 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from serve_helpers import TABULAR_ROWS, Runs, Servers, slow_post
+from serve_helpers import (
+    DRAINING,
+    TABULAR_ROWS,
+    WAIT_TIMEOUT_S,
+    Runs,
+    Servers,
+    metric,
+    slow_post,
+    wait_for,
+)
 
 from forgeml.cli.serve import main
 
 
 def test_ready_only_after_loading_and_sigterm_drains_requests_in_flight(servers: Servers) -> None:
-    server = servers.gated  # its models load once the gate file exists (a test hook)
+    server = servers.gated  # its models load once the gate file exists (faulty_server.py)
     url = server.url
     assert httpx.get(f"{url}/v2/health/live").status_code == 200
     ready = httpx.get(f"{url}/v2/health/ready")
@@ -33,38 +41,34 @@ def test_ready_only_after_loading_and_sigterm_drains_requests_in_flight(servers:
     server.wait_ready()
     assert httpx.get(f"{url}/v2/models/tabular/ready").status_code == 200
 
-    # Six requests are in flight, their bodies still arriving (stalled 2 s); SIGTERM arrives
-    # while they are: each is still read, run and answered.
+    # Six requests are in flight, their bodies still arriving (stalled until released); SIGTERM
+    # arrives while they are: each is still read, run and answered.
+    release = threading.Event()
+
     def post(_: int) -> tuple[int, dict]:
         body = {"instances": TABULAR_ROWS}
-        return slow_post(url, "/v1/models/tabular:predict", body, 2.0)
+        return slow_post(url, "/v1/models/tabular:predict", body, release)
 
     with ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(post, i) for i in range(6)]
-        deadline = time.monotonic() + 10
-        while in_flight(url) < 7:  # the six, and this /metrics request
-            assert time.monotonic() < deadline and not any(f.done() for f in futures)
-            time.sleep(0.02)
-        assert not any(f.done() for f in futures)
-        started = time.monotonic()
-        server.proc.send_signal(signal.SIGTERM)
+        try:
+            futures = [pool.submit(post, i) for i in range(6)]
+            # the six, and the /metrics request that counts them
+            wait_for(lambda: in_flight(url) >= 7, "six stalled requests in flight")
+            server.proc.send_signal(signal.SIGTERM)
+            server.wait_for_log(DRAINING)  # the server drains: now send the rest
+            assert not any(f.done() for f in futures)
+        finally:
+            release.set()
         responses = [f.result() for f in futures]
     assert [status for status, _ in responses] == [200] * 6, responses
     assert all(len(r["predictions"]) == len(TABULAR_ROWS) for _, r in responses)
-    assert server.proc.wait(20) == 0, server.log
-    assert time.monotonic() - started < 15
+    assert server.proc.wait(WAIT_TIMEOUT_S) == 0, server.log
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/v2/health/live")
 
 
 def in_flight(url: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
-    return next(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "forgeml_requests_in_flight"
-    )
+    return metric(url, "forgeml_requests_in_flight")
 
 
 def test_a_run_that_fails_to_load_stops_the_server_with_exit_2(servers: Servers) -> None:

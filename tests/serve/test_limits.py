@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -13,8 +13,10 @@ from serve_helpers import (
     TABULAR_ROWS,
     Servers,
     digit_images,
+    metric,
     png_base64,
     slow_post,
+    wait_for,
 )
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -58,16 +60,25 @@ def test_api_key_guards_every_route_but_health(slow_url: str) -> None:
 
 
 def test_concurrent_requests_are_merged_into_one_forward(slow_url: str) -> None:
-    # One request is complete at once; three are on their way (bodies stalled 0.3 s). The
-    # batch waits for those (up to 2 s, for 8 rows) and runs all four in one forward.
+    # One request is complete; three are on their way (their bodies stalled). The batch waits
+    # for those (up to 10 s, for 8 rows) and runs all four in one forward.
     count, total = histogram(slow_url, "forgeml_batch_requests", "tabular", AUTH)
     path = "/v1/models/tabular:predict"
     bodies = [{"instances": TABULAR_ROWS[i : i + 2]} for i in (0, 1, 2, 2)]
+    release = threading.Event()
     with ThreadPoolExecutor(4) as pool:
-        stalled = [pool.submit(slow_post, slow_url, path, b, 0.3, AUTH) for b in bodies[1:]]
-        time.sleep(0.1)  # the three are in the route, reading their bodies
-        first = httpx.post(slow_url + path, json=bodies[0], headers=AUTH, timeout=10)
-        responses = [(first.status_code, first.json()), *(f.result() for f in stalled)]
+        try:
+            stalled = [pool.submit(slow_post, slow_url, path, b, release, AUTH) for b in bodies[1:]]
+            # In the route, announced to the batcher: the three, and this /metrics request.
+            wait_for(lambda: in_flight(slow_url) >= 4, "three stalled requests in flight")
+            first = pool.submit(httpx.post, slow_url + path, json=bodies[0], headers=AUTH)
+            # The complete one is queued; the batch now waits for the three on their way.
+            wait_for(lambda: first.done() or queue_depth(slow_url) == 1, "a queued request")
+            assert not first.done(), "the complete request did not wait for those on their way"
+        finally:
+            release.set()
+        answer = first.result()
+        responses = [(answer.status_code, answer.json()), *(f.result() for f in stalled)]
     assert [status for status, _ in responses] == [200] * 4, responses
     assert responses[2][1] == responses[3][1]
     new_count, new_total = histogram(slow_url, "forgeml_batch_requests", "tabular", AUTH)
@@ -77,42 +88,65 @@ def test_concurrent_requests_are_merged_into_one_forward(slow_url: str) -> None:
 
 
 def test_a_lone_request_runs_at_once(slow_url: str) -> None:
-    # Nothing else on its way: no waiting for the 2 s batch delay.
+    # Nothing else on its way: no waiting for the 10 s batch delay, which would outlast the
+    # 3 s time limit (504).
+    count, total = histogram(slow_url, "forgeml_batch_requests", "tabular", AUTH)
     url = f"{slow_url}/v1/models/tabular:predict"
-    started = time.monotonic()
-    r = httpx.post(url, json={"instances": TABULAR_ROWS[:1]}, headers=AUTH, timeout=10)
-    assert r.status_code == 200 and time.monotonic() - started < 0.5
+    r = httpx.post(url, json={"instances": TABULAR_ROWS[:1]}, headers=AUTH, timeout=30)
+    assert r.status_code == 200, f"a lone request waited for company: {r.text}"
+    assert histogram(slow_url, "forgeml_batch_requests", "tabular", AUTH) == (count + 1, total + 1)
 
 
 def test_request_over_the_time_limit_is_504_and_the_server_keeps_serving(slow_url: str) -> None:
-    # A one-row request waits for another that is on its way (its body stalls 3 s); the batch
-    # would wait 2 s for it, but the limit is 1 s.
+    # A one-row request waits for another that is on its way (its body stalled until the 504);
+    # the batch would wait 10 s for it, but the limit is 3 s.
     path = "/v1/models/tabular:predict"
+    release = threading.Event()
     with ThreadPoolExecutor(1) as pool:
-        stalled = pool.submit(slow_post, slow_url, path, {"instances": TABULAR_ROWS[:1]}, 3, AUTH)
-        time.sleep(0.2)
-        r = httpx.post(slow_url + path, json={"instances": TABULAR_ROWS[:1]}, headers=AUTH)
-        assert r.status_code == 504 and "--timeout-s" in r.json()["error"]
+        try:
+            body = {"instances": TABULAR_ROWS[:1]}
+            stalled = pool.submit(slow_post, slow_url, path, body, release, AUTH)
+            wait_for(lambda: in_flight(slow_url) >= 2, "the stalled request in flight")
+            r = httpx.post(slow_url + path, json=body, headers=AUTH, timeout=30)
+            assert r.status_code == 504 and "--timeout-s" in r.json()["error"]
+            assert not stalled.done()
+        finally:
+            release.set()
         assert stalled.result()[0] == 200  # its time limit starts once its body is read
     full = {"instances": [TABULAR_ROWS[0]] * 8}
-    assert httpx.post(slow_url + path, json=full, headers=AUTH, timeout=10).status_code == 200
+    assert httpx.post(slow_url + path, json=full, headers=AUTH, timeout=30).status_code == 200
 
 
-def test_overload_gives_429_with_retry_after_and_no_5xx(limits_url: str) -> None:
-    # No batching and a queue of 2: 24 concurrent requests of 64 images each cannot all wait.
+def in_flight(url: str) -> float:
+    return metric(url, "forgeml_requests_in_flight", AUTH)
+
+
+def queue_depth(url: str) -> float:
+    return metric(url, "forgeml_queue_depth", AUTH, model="tabular")
+
+
+def test_overload_gives_429_with_retry_after_and_no_5xx(servers: Servers, limits_url: str) -> None:
+    # No batching, a queue of 2, and the running forward held: of 24 concurrent requests of 64
+    # images each at most 3 get in, every other one is refused while they wait.
     images = [png_base64(img) for img in digit_images(64)]
     body = {"instances": [{"image": image} for image in images]}
     url = f"{limits_url}/v1/models/digits:predict"
+    servers.limits_hold.touch()
     with ThreadPoolExecutor(24) as pool:
-        responses = list(pool.map(lambda _: httpx.post(url, json=body, timeout=30), range(24)))
+        try:
+            posts = [pool.submit(httpx.post, url, json=body, timeout=60) for _ in range(24)]
+            wait_for(lambda: sum(f.done() for f in posts) >= 21, "21 of 24 requests answered")
+        finally:
+            servers.limits_hold.unlink(missing_ok=True)
+        responses = [f.result() for f in posts]
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 429}, codes
-    assert codes.count(429) >= 1 and codes.count(200) >= 2, codes
+    assert codes.count(429) >= 21 and codes.count(200) >= 2, codes
     for r in responses:
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1
             assert "--max-queue" in r.json()["error"]
-    assert httpx.post(url, json=body, timeout=30).status_code == 200  # and it recovers
+    assert httpx.post(url, json=body, timeout=60).status_code == 200  # and it recovers
     # --no-batching: every forward ran one request
     count, total = histogram(limits_url, "forgeml_batch_requests", "digits")
     assert count == total == codes.count(200) + 1

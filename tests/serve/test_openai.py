@@ -7,39 +7,49 @@ A tiny character-level GPT (2 layers, 32 dims, context 32, 30 steps) and a tiny 
 trained once for the module; three servers start together:
 
     open     the LM and the classifier; no API key; --max-tokens 24
-    guarded  the LM; API key; --no-batching --max-queue 2; 5 ms per generation step (test hook)
+    guarded  the LM; API key; --no-batching --max-queue 2
     gated    the LM; loads once a gate file exists; batches of 4 waiting up to 300 ms;
-             --timeout-s 2; 80 ms per generation step
+             --timeout-s 5
+
+The guarded and gated servers start through faulty_server.py: while a test's hold file exists,
+their streams stop after their first text, so requests stay in flight for as long as the test
+needs (no sleeping, no racing a clock).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
 import signal
-import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fuzz_requests
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from serve_helpers import API_KEY, TABULAR_ROWS, ServerProcess, stop_all, train
+from faulty_server import HELD
+from hypothesis import HealthCheck, given, settings
+from serve_helpers import (
+    API_KEY,
+    DRAINING,
+    LM,
+    LM_CONTEXT,
+    TABULAR_ROWS,
+    WAIT_TIMEOUT_S,
+    ServerProcess,
+    metric,
+    stop_all,
+    train,
+    train_lm,
+    wait_for,
+)
 
-import forgeml
-
-LM = "tinylm"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-CONTEXT = 32
-SENTENCES = [
-    "system: answer briefly.\nuser: hello there, how are you?\nassistant: fine, thanks.\n",
-    "user: what is the weather like today?\nassistant: it is sunny and warm.\n",
-    "the quick brown fox jumps over the lazy dog. 0123456789\n",
-]
+CONTEXT = LM_CONTEXT
 
 
 @dataclass
@@ -47,24 +57,9 @@ class Servers:
     open: ServerProcess
     guarded: ServerProcess
     gated: ServerProcess
-    gate: Path
-
-
-def train_lm(out: Path) -> Path:
-    rng = random.Random(0)
-    corpus = out / "corpus.txt"
-    corpus.write_text("".join(rng.choice(SENTENCES) for _ in range(300)), encoding="utf-8")
-    config = {
-        "seed": 0,
-        "data": {
-            "source": str(corpus),
-            "corpus": {"tokenizer": "char", "eval_blocks": 8, "sample_tokens": 0},
-        },
-        "model": {"name": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": CONTEXT},
-        "train": {"batch_size": 8, "max_steps": 30, "precision": "fp32"},
-        "output": {"dir": str(out), "name": LM},
-    }
-    return forgeml.train(config, quiet=True).dir
+    gate: Path  # the gated server loads once this exists
+    guarded_hold: Path  # while these exist, the servers' streams stop after their first text
+    gated_hold: Path
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +67,17 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     out = tmp_path_factory.mktemp("openai-runs")
     logs = tmp_path_factory.mktemp("openai-logs")
     lm = str(train_lm(out))
-    step = "FORGEML_SERVE_TEST_STEP_DELAY_MS"
     # The LM-only servers start (importing torch) while the classifier trains.
     guarded = ServerProcess(
         logs / "guarded.log",
         [lm, "--no-batching", "--max-queue", "2"],
-        env={"FORGEML_API_KEY": API_KEY, step: "5"},
+        env={"FORGEML_API_KEY": API_KEY},
+        faults=["--hold", str(logs / "guarded-hold")],
     )
     gated = ServerProcess(
         logs / "gated.log",
-        [lm, "--max-batch-size", "4", "--max-delay-ms", "300", "--timeout-s", "2"],
-        env={"FORGEML_SERVE_TEST_LOAD_GATE": str(logs / "gate"), step: "80"},
+        [lm, "--max-batch-size", "4", "--max-delay-ms", "300", "--timeout-s", "5"],
+        faults=["--load-gate", str(logs / "gate"), "--hold", str(logs / "gated-hold")],
     )
     tabular = train(
         out,
@@ -95,6 +90,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         guarded=guarded,
         gated=gated,
         gate=logs / "gate",
+        guarded_hold=logs / "guarded-hold",
+        gated_hold=logs / "gated-hold",
     )
     yield started
     stop_all([started.open, started.guarded, started.gated])
@@ -108,16 +105,6 @@ def open_url(servers: Servers) -> str:
 @pytest.fixture(scope="module")
 def client(open_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{open_url}/v1", api_key="unused", max_retries=0)
-
-
-def metric(url: str, name: str, headers: dict | None = None, **labels: str) -> float:
-    text = httpx.get(f"{url}/metrics", headers=headers).text
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 # --------------------------------------------------------------------------- the openai client
@@ -318,37 +305,40 @@ def test_malformed_bodies_get_a_4xx_naming_the_field(open_url: str) -> None:
 
 
 JSON = {"content-type": "application/json"}
-FUZZ_VALUES: list[Any] = [
-    *(None, True, -1, 0, 1.5, 3, 10**30, -1e308, "", "x" * 3000, "€"),
-    *([], [1, "a"], {}, {"a": 1}, [[1, 2], [3]], [{"role": "user"}]),
-]
+
+
+def test_an_error_message_is_one_line(open_url: str) -> None:
+    r = httpx.post(f"{open_url}/v1/completions", json={**GOOD[C], "bad\nkey": 1})
+    error = r.json()["error"]
+    assert r.status_code == 422 and error["param"] == "bad\nkey"
+    assert "\n" not in error["message"] and "bad\\nkey" in error["message"], error
 
 
 def test_random_malformed_bodies_never_get_a_5xx(open_url: str) -> None:
-    rng = random.Random(0)
-    statuses = []
-    http = httpx.Client(timeout=30)  # keep-alive: one connection for all of them
-    for k in range(200):  # bounded: 200 requests of at most 24 generated tokens each
-        route = rng.choice(list(GOOD))
-        body = json.loads(json.dumps(GOOD[route]))
-        keys = [*body, "n", "stop", "temperature", "top_p", "seed", "stream", "extra"]
-        key = rng.choice(keys)
-        if route == "chat/completions" and key == "messages" and rng.random() < 0.5:
-            target = body["messages"][0]
-            target[rng.choice(["role", "content", "name", "extra"])] = rng.choice(FUZZ_VALUES)
-        elif rng.random() < 0.15:
-            body.pop(key, None)
-        else:
-            body[key] = rng.choice(FUZZ_VALUES)
-        r = http.post(f"{open_url}/v1/{route}", json=body)
-        statuses.append(r.status_code)
-        assert r.status_code < 500, (k, body, r.text)
-        if r.status_code >= 400:
-            error = r.json()["error"]
-            assert error["message"] and (r.status_code != 422 or error["param"]), (body, error)
-    assert sum(400 <= s < 500 for s in statuses) > 100, statuses
-    assert http.post(f"{open_url}/v1/completions", json=GOOD["completions"]).status_code == 200
-    http.close()
+    """Hypothesis writes completion and chat bodies (fuzz_requests.py); a fixed seed, and at
+    most 24 generated tokens per choice (--max-tokens). bench/fuzz_serve.py runs many more."""
+    statuses: Counter[int | None] = Counter()
+    with fuzz_requests.client(open_url) as client:
+        for path in fuzz_requests.OPENAI_PATHS:  # the bodies the mutations start from are good
+            r = client.post(path, json=fuzz_requests.good_body(path, LM))
+            assert r.status_code == 200, (path, r.text)
+
+        @settings(
+            derandomize=True,
+            database=None,
+            max_examples=300,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(request=fuzz_requests.requests(fuzz_requests.OPENAI_PATHS, LM))
+        def answered_well(request: fuzz_requests.Request) -> None:
+            status, problem = fuzz_requests.problem(client, request)
+            statuses[status] += 1
+            assert problem is None, problem
+
+        answered_well()
+        assert client.post("/v1/completions", json=GOOD["completions"]).status_code == 200
+    assert all(statuses[s] >= 5 for s in (200, 400, 422)), statuses
 
 
 def test_metrics_count_generated_tokens(open_url: str) -> None:
@@ -384,25 +374,30 @@ def test_api_key_guards_the_openai_routes(guarded_url: str) -> None:
     assert chat.choices[0].message.role == "assistant"
 
 
-def test_overload_gives_429_with_retry_after_and_no_5xx(guarded_url: str) -> None:
-    # One choice at a time, two waiting, 5 ms per token: 16 requests at once cannot all wait.
+def test_overload_gives_429_with_retry_after_and_no_5xx(servers: Servers, guarded_url: str) -> None:
+    # One choice at a time, two waiting, and the running one held after its first text: of 16
+    # requests at once at most 3 get in, every other one is refused while they wait.
     body = {**GOOD["completions"], "max_tokens": 20}
-
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(headers=AUTH, timeout=30) as http:
-            url = f"{guarded_url}/v1/completions"
-            return await asyncio.gather(*[http.post(url, json=body) for _ in range(16)])
-
-    responses = asyncio.run(burst())
+    url = f"{guarded_url}/v1/completions"
+    servers.guarded_hold.touch()
+    with ThreadPoolExecutor(16) as pool:
+        try:
+            posts = [
+                pool.submit(httpx.post, url, json=body, headers=AUTH, timeout=60) for _ in range(16)
+            ]
+            wait_for(lambda: sum(f.done() for f in posts) >= 13, "13 of 16 requests answered")
+        finally:
+            servers.guarded_hold.unlink(missing_ok=True)
+        responses = [f.result() for f in posts]
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 429}, codes
-    assert codes.count(429) >= 1 and codes.count(200) >= 2, codes
+    assert codes.count(429) >= 13 and codes.count(200) >= 2, codes
     for r in responses:
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1
             assert r.json()["error"]["code"] == "rate_limit_exceeded"
-    assert metric(guarded_url, "forgeml_rejected_requests_total", AUTH, reason="queue_full") >= 1
-    r = httpx.post(f"{guarded_url}/v1/completions", json=body, headers=AUTH, timeout=30)
+    assert metric(guarded_url, "forgeml_rejected_requests_total", AUTH, reason="queue_full") >= 13
+    r = httpx.post(url, json=body, headers=AUTH, timeout=30)
     assert r.status_code == 200  # and it recovers
 
 
@@ -412,7 +407,7 @@ def test_overload_gives_429_with_retry_after_and_no_5xx(guarded_url: str) -> Non
 def test_ready_after_loading_batching_timeout_and_sigterm_during_a_stream(
     servers: Servers,
 ) -> None:
-    server = servers.gated  # loads once the gate exists; 80 ms per step; 2 s time limit
+    server, hold = servers.gated, servers.gated_hold  # loads once the gate exists; 5 s limit
     url = server.url
     ready = httpx.get(f"{url}/v2/health/ready")
     assert ready.status_code == 503 and ready.json() == {"ready": False}
@@ -423,38 +418,61 @@ def test_ready_after_loading_batching_timeout_and_sigterm_during_a_stream(
     servers.gate.touch()
     server.wait_ready()
 
-    # Four requests arriving together fill one batch (--max-batch-size 4): one group.
-    def batches() -> float:
-        return metric(url, "forgeml_batch_requests_count", model=LM)
+    # Four requests queued while another generates start together: one group of 4 (its
+    # --max-batch-size), after the group of the one held.
+    def batches() -> tuple[float, float]:
+        count = metric(url, "forgeml_batch_requests_count", model=LM)
+        return count, metric(url, "forgeml_batch_requests_sum", model=LM)
+
+    def queued() -> float:
+        return metric(url, "forgeml_queue_depth", model=LM)
 
     before = batches()
-
-    async def together() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=30) as http:
+    completions = f"{url}/v1/completions"
+    hold.touch()
+    with ThreadPoolExecutor(5) as pool:
+        try:
+            held = server.log_count(HELD)
+            first = {**GOOD["completions"], "max_tokens": 8}
+            posts = [pool.submit(httpx.post, completions, json=first, timeout=60)]
+            server.wait_for_log(HELD, held + 1)
             bodies = [{**GOOD["completions"], "prompt": p, "temperature": 0} for p in "abcd"]
-            return await asyncio.gather(
-                *[http.post(f"{url}/v1/completions", json=b) for b in bodies]
-            )
+            posts += [pool.submit(httpx.post, completions, json=b, timeout=60) for b in bodies]
+            wait_for(lambda: queued() == 4, "four requests queued behind the held one")
+        finally:
+            hold.unlink(missing_ok=True)
+        responses = [f.result() for f in posts]
+    assert [r.status_code for r in responses] == [200] * 5, [r.text for r in responses]
+    count, total = batches()
+    assert (count - before[0], total - before[1]) == (2, 5)  # groups of 1 and 4 requests
 
-    assert [r.status_code for r in asyncio.run(together())] == [200] * 4
-    assert batches() - before == 1
+    # Held after its first text, a request cannot finish within --timeout-s: 504.
+    hold.touch()
+    try:
+        slow = httpx.post(completions, json={**GOOD["completions"], "max_tokens": 8}, timeout=60)
+    finally:
+        hold.unlink(missing_ok=True)
+    assert slow.status_code == 504 and slow.json()["error"]["code"] == "timeout", slow.text
+    assert httpx.post(completions, json=GOOD["completions"], timeout=60).status_code == 200
 
-    # 31 tokens at 80 ms each cannot finish within --timeout-s 2.
-    slow = httpx.post(f"{url}/v1/completions", json={**GOOD["completions"], "max_tokens": 31})
-    assert slow.status_code == 504 and slow.json()["error"]["code"] == "timeout"
-    assert httpx.post(f"{url}/v1/completions", json=GOOD["completions"]).status_code == 200
-
-    # SIGTERM after the first chunk of a 20-token stream (1.6 s): the stream still completes.
+    # SIGTERM while a stream is held mid-way: once the server drains, the stream goes on and
+    # completes, and the server exits 0.
     body = {**GOOD["chat/completions"], "max_tokens": 20, "stream": True, "temperature": 0}
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as r:
-        lines = r.iter_lines()
-        first = next(line for line in lines if line)
-        assert json.loads(first.removeprefix("data: "))["choices"][0]["delta"]["role"]
-        started = time.monotonic()
-        server.proc.send_signal(signal.SIGTERM)
-        rest = [line for line in lines if line]
+    held = server.log_count(HELD)
+    hold.touch()
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            first_line = next(line for line in lines if line)
+            assert json.loads(first_line.removeprefix("data: "))["choices"][0]["delta"]["role"]
+            server.wait_for_log(HELD, held + 1)
+            server.proc.send_signal(signal.SIGTERM)
+            server.wait_for_log(DRAINING)
+            hold.unlink()
+            rest = [line for line in lines if line]
+    finally:
+        hold.unlink(missing_ok=True)
     assert rest[-1] == "data: [DONE]", rest
     last = json.loads(rest[-2].removeprefix("data: "))
     assert last["choices"][0]["finish_reason"] in ("stop", "length")
-    assert server.proc.wait(20) == 0, server.log
-    assert time.monotonic() - started < 15
+    assert server.proc.wait(WAIT_TIMEOUT_S) == 0, server.log
