@@ -6,14 +6,13 @@ A user mistake (ForgeError) prints one line and exits 2; `--debug` shows the tra
 from __future__ import annotations
 
 import argparse
-import sys
 
+from forgeml.cli.common import new_parser, run
 from forgeml.cli.export import add_export_parser, cmd_export
 from forgeml.cli.generate import add_generate_parser, cmd_generate
 from forgeml.cli.predict import add_run_parsers, cmd_evaluate, cmd_predict
 from forgeml.cli.serve import add_serve_parser, cmd_serve
 from forgeml.cli.train import add_train_parsers, cmd_train, cmd_validate
-from forgeml.errors import ForgeError
 
 USAGE_EXAMPLES = """examples:
   forgeml train configs/digits-cnn.yaml train.max_epochs=5
@@ -27,13 +26,8 @@ USAGE_EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="forgeml",
-        description="Train, evaluate and use neural networks from a YAML config.",
-        epilog=USAGE_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    description = "Train, evaluate and use neural networks from a YAML config."
+    parser = new_parser("forgeml", description, USAGE_EXAMPLES)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add_train_parsers(sub)
@@ -54,16 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "trust_pickle", False):
         args.overrides.append("model.trust_pickle=true")  # explicit, on this command line only
-    try:
-        return COMMANDS[args.command](args)
-    except ForgeError as exc:
-        if args.debug:
-            raise
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run(COMMANDS[args.command], args)
 
 
 COMMANDS = {

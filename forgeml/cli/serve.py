@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from forgeml.cli.common import new_parser, run
 from forgeml.errors import ForgeError
-from forgeml.serve.settings import ServeSettings
+from forgeml.serve.settings import ServeSettings, flag, options
 
 API_KEY_ENV = "FORGEML_API_KEY"
 EXAMPLES = """examples:
@@ -50,14 +51,8 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    d = ServeSettings.__dataclass_fields__
+    """The run directories, `--api-key`, and every option `ServeSettings` declares."""
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to serve")
-    p.add_argument(
-        "--host", default=d["host"].default, help="address to bind (default: %(default)s)"
-    )
-    p.add_argument(
-        "--port", type=int, default=d["port"].default, help="port (default: %(default)s; 0: any)"
-    )
     p.add_argument(
         "--api-key",
         default=None,
@@ -65,75 +60,23 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help=f"require 'Authorization: Bearer KEY' on every route but /v2/health/* "
         f"(default: ${API_KEY_ENV} if set; prefer it, a command line is visible to other users)",
     )
-    p.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=d["max_batch_size"].default,
-        metavar="ROWS",
-        help="rows merged into one forward pass; language models: choices generated together "
-        "(default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-delay-ms",
-        type=float,
-        default=d["max_delay_ms"].default,
-        metavar="MS",
-        help="how long a batch waits for more requests (default: %(default)s)",
-    )
-    p.add_argument(
-        "--no-batching",
-        action="store_true",
-        help="one request per forward pass, no waiting; language models: one choice at a time "
-        "(for comparisons)",
-    )
-    p.add_argument(
-        "--max-queue",
-        type=int,
-        default=d["max_queue"].default,
-        metavar="N",
-        help="requests (language models: choices) waiting per model before 429 "
-        "(default: %(default)s)",
-    )
-    p.add_argument(
-        "--timeout-s",
-        type=float,
-        default=d["timeout_s"].default,
-        metavar="S",
-        help="per-request time limit after the body is read, else 504; streams: to the first "
-        "token, then between tokens (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=d["max_body_bytes"].default,
-        metavar="BYTES",
-        help="larger request bodies get 413 (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-tokens",
-        type=int,
-        default=d["max_tokens"].default,
-        metavar="N",
-        help="language models: tokens generated per request at most (also capped by the "
-        "model's context); a larger max_tokens gets 422 (default: %(default)s)",
-    )
-    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    for f in options():
+        meta = f.metadata
+        if meta["off_flag"]:
+            p.add_argument(meta["off_flag"], dest=f.name, action="store_false", help=meta["help"])
+        else:
+            kind = f.type if callable(f.type) else {"int": int, "float": float}.get(f.type, str)
+            p.add_argument(
+                flag(f), type=kind, default=f.default, metavar=meta["metavar"], help=meta["help"]
+            )
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     return ServeSettings(
         run_dirs=tuple(Path(p) for p in args.run_dirs),
-        host=args.host,
-        port=args.port,
-        api_key=args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None,
-        max_batch_size=args.max_batch_size,
-        max_delay_ms=args.max_delay_ms,
-        batching=not args.no_batching,
-        max_queue=args.max_queue,
-        timeout_s=args.timeout_s,
-        max_body_bytes=args.max_body_bytes,
-        max_tokens=args.max_tokens,
-        access_log=not args.no_access_log,
+        api_key=api_key,
+        **{f.name: getattr(args, f.name) for f in options()},
     )
 
 
@@ -259,28 +202,11 @@ def _make_server(config: Any, names: tuple[str, ...]) -> Any:
     return Server(config)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="forgeml serve",
-        description="Serve forgeml run directories over HTTP.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    add_serve_arguments(parser)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m forgeml.cli.serve RUN_DIR ...`: the same as `forgeml serve RUN_DIR ...`."""
-    args = build_parser().parse_args(argv)
-    try:
-        return cmd_serve(args)
-    except ForgeError as exc:
-        if args.debug:
-            raise
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return exc.exit_code
+    parser = new_parser("forgeml serve", "Serve forgeml run directories over HTTP.", EXAMPLES)
+    add_serve_arguments(parser)
+    return run(cmd_serve, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

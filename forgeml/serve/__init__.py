@@ -1,23 +1,25 @@
 """`forgeml serve`: an HTTP server for trained run directories (FastAPI on uvicorn).
 
-    forgeml serve runs/digits-cnn runs/churn-mlp --port 8000
+    forgeml serve runs/digits-cnn runs/gpt-char --port 8000
 
-Routes: the KServe Open Inference Protocol v2 (`/v2/...`), a friendly `/v1/models/NAME:predict`
-taking raw records, Prometheus `/metrics` and `/openapi.json`. See docs/deploying.md.
+Each run is served by the routes its task names (`task.served(run).protocol`): the KServe Open
+Inference Protocol v2 (`/v2/...`) and a friendly `/v1/models/NAME:predict` for models that
+predict rows, OpenAI-compatible `/v1/completions` and `/v1/chat/completions` for language models;
+Prometheus `/metrics` and `/openapi.json` for all. See docs/deploying.md.
 
 Modules, from the request inwards:
 
-    cli.py       argument parsing, the uvicorn server, exit codes (imports no web framework)
-    app.py       the FastAPI app: routes, lifespan (load + warm up), error responses
-    limits.py    ASGI middleware: API key, request body size; JSON error bodies
-    metrics.py   Prometheus metrics and the middleware that counts requests
-    codec.py     request JSON -> validated records per row; predictions -> response JSON
-    values.py    one request value: checked and cleaned (numbers, images from base64, ...)
-    protocol.py  pydantic shapes of the request/response bodies (validation and OpenAPI)
-    batching.py  one worker thread per model; merges concurrent requests into one forward
-    models.py    `ServedModel`: a `Predictor` plus the tensor-level work the batcher needs
-    settings.py  `ServeSettings`: the command's options, checked
+    app.py          the FastAPI app: one worker per model, lifespan (load + warm up), errors
+    limits.py       ASGI middleware: API key, request body size
+    errors.py       `RequestError` and the JSON error body every refusal gets
+    metrics.py      Prometheus metrics and the middleware that counts requests
+    settings.py     `ServeSettings`: the command's options, checked
+    worker.py       `Worker`: one model's queue and thread (load, warm up, gather, close)
+    kserve/         routes.py, protocol.py (bodies), codec.py and values.py (request values ->
+                    records, predictions -> JSON), batcher.py (many requests, one forward)
+    openai/         routes.py, schemas.py (bodies, OpenAI's errors), scheduler.py (generation
+                    token by token for many requests), replies.py (JSON or server-sent events)
 
-Only `cli.py` and `settings.py` are imported by the core CLI; everything else needs the `serve`
-extra (fastapi, uvicorn, prometheus_client).
+The command itself (argument parsing, uvicorn, exit codes) is forgeml/cli/serve.py; it imports
+no web framework until it serves, so the core CLI works without the `serve` extra.
 """

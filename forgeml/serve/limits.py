@@ -10,27 +10,11 @@ from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
+
+from forgeml.serve.errors import error_response
 
 # Health probes stay open with an API key: orchestrators call them without credentials.
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
-
-
-def one_line(message: str) -> str:
-    """`message` with line breaks and other unprintable characters escaped as repr writes them:
-    a message quoting a client's key or name stays one line."""
-    if message.isprintable():
-        return message
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-
-
-def error_response(
-    status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    body: dict[str, Any] = {"error": one_line(message)}
-    if field is not None:
-        body["field"] = field
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class ApiKeyMiddleware:

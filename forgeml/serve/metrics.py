@@ -123,7 +123,7 @@ class ServeMetrics:
         for name in generators:
             self.generated_tokens.labels(name)
 
-    # BatchMetrics (batching.py), called from the worker threads; prometheus_client is
+    # BatchMetrics (kserve/batcher.py), called from the worker threads; prometheus_client is
     # thread-safe.
     def observe_batch(self, model: str, rows: int, requests: int, seconds: float) -> None:
         self.batch_rows.labels(model).observe(rows)
@@ -136,7 +136,7 @@ class ServeMetrics:
     def add_truncated(self, model: str, column: str, rows: int) -> None:
         self.truncated.labels(model, column).inc(rows)  # column: one of the run's own features
 
-    def add_generated_tokens(self, model: str, tokens: int) -> None:  # generation.py
+    def add_generated_tokens(self, model: str, tokens: int) -> None:  # openai/scheduler.py
         self.generated_tokens.labels(model).inc(tokens)
 
     def render(self) -> tuple[bytes, str]:

@@ -45,8 +45,8 @@ def wait_while(condition: Callable[[], bool], what: str) -> None:
 
 
 def gate_loading(gate: str) -> None:
-    from forgeml.serve.batching import Batcher
-    from forgeml.serve.generation import Scheduler
+    from forgeml.serve.kserve.batcher import Batcher
+    from forgeml.serve.openai.scheduler import Scheduler
     from forgeml.tasks.language_modeling.serving import ServedLM
     from forgeml.tasks.table.serving import ServedModel
 

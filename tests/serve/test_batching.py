@@ -12,8 +12,9 @@ import pytest
 import torch
 from serve_helpers import Runs
 
-from forgeml.serve.batching import Batcher, QueueFull, merge_inputs
-from forgeml.serve.values import RequestError
+from forgeml.serve.errors import RequestError
+from forgeml.serve.kserve.batcher import Batcher, merge_inputs
+from forgeml.serve.worker import QueueFull
 from forgeml.tasks.table.predictor import Predictor
 from forgeml.tasks.table.serving import ServedModel
 

@@ -4,7 +4,7 @@ A `Predictor` does the work (the run's own preprocessing, weights checked agains
 this adds what serving needs on top: the input columns a request must give, a warm-up forward,
 and the three steps the batcher runs separately so that one forward serves many requests:
 `encode` (records -> tensors, per request), `forward` (merged tensors -> outputs), `decode`.
-Everything here runs on the model's worker thread (see batching.py), never on the event loop.
+Everything here runs on the model's worker thread (forgeml/serve/kserve/batcher.py), never on the event loop.
 """
 
 from __future__ import annotations

@@ -19,35 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from forgeml.errors import ForgeError
-from forgeml.serve.codec import Locate, data_error_field
-from forgeml.serve.values import RequestError
+from forgeml.serve.errors import RequestError
+from forgeml.serve.kserve.codec import Locate, data_error_field
+from forgeml.serve.worker import Worker, WorkerMetrics
 from forgeml.tasks.table.serving import ServedModel
 
 log = logging.getLogger("forgeml.serve")
 SOURCE = "request"  # preprocessing errors read "request, record 3, column 'age': ..."
 
 
-class QueueFull(Exception):
-    """The model's queue holds `max_queue` requests: the client should retry later (429)."""
-
-
-class ShuttingDown(Exception):
-    """The server is stopping and takes no new work (503)."""
-
-
-class BatchMetrics(Protocol):
-    def observe_batch(self, model: str, rows: int, requests: int, seconds: float) -> None: ...
-    def set_queue_depth(self, model: str, depth: int) -> None: ...
+class BatchMetrics(WorkerMetrics, Protocol):
     def add_truncated(self, model: str, column: str, rows: int) -> None: ...
 
 
@@ -64,65 +52,17 @@ class Job:
         return len(self.records)
 
 
-class Batcher:
-    """The queue and worker thread of one model. `start()` loads it (on the worker)."""
+class Batcher(Worker):
+    """The queue and worker thread of one table model. `start()` loads it (on the worker).
 
-    def __init__(
-        self,
-        model: ServedModel,
-        *,
-        max_batch_size: int,
-        max_delay_s: float,
-        max_queue: int,
-        merge: bool = True,
-        metrics: BatchMetrics | None = None,
-        on_loaded: Callable[[Batcher, BaseException | None], None] | None = None,
-    ) -> None:
-        self.model = model
-        self.max_batch_size = max_batch_size
-        self.max_delay_s = max_delay_s
-        self.max_queue = max_queue
-        self.merge = merge
-        self.metrics = metrics
-        self.on_loaded = on_loaded
-        self.ready = False
-        self._queue: deque[Job] = deque()
-        self._expected = 0  # requests announced by `expect()` and not yet queued or withdrawn
-        self._cond = threading.Condition()
-        self._closing = False
-        self._thread = threading.Thread(
-            target=self._run, name=f"forgeml-serve-{model.name}", daemon=True
-        )
+    `batching=False` (`--no-batching`): one request per forward, no waiting.
+    """
 
-    @property
-    def name(self) -> str:
-        return self.model.name
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self, timeout_s: float) -> None:
-        """Take no new jobs, run the queued ones, stop the worker (waits up to `timeout_s`)."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+    def __init__(self, model: ServedModel, *, batching: bool = True, **options: Any) -> None:
+        super().__init__(model, **options)
+        self.merge = batching  # merge concurrent requests into one forward
 
     # ------------------------------------------------------------------------ event loop side
-
-    def expect(self) -> None:
-        """A request for this model is on its way (its body is being read and parsed): a batch
-        being gathered waits for it, up to `max_delay_s`. Pair with `submit(..., expected=True)`
-        or, if the request fails before that, `unexpect()`."""
-        with self._cond:
-            self._expected += 1
-
-    def unexpect(self) -> None:
-        """An announced request will not come (it failed before `submit`)."""
-        with self._cond:
-            self._expected -= 1
-            self._cond.notify()
 
     async def submit(
         self,
@@ -142,18 +82,7 @@ class Batcher:
         """
         loop = asyncio.get_running_loop()
         job = Job(records, locate, loop, loop.create_future())
-        with self._cond:
-            if expected:
-                self._expected -= 1
-                self._cond.notify()
-            if self._closing:
-                raise ShuttingDown
-            if len(self._queue) >= self.max_queue:
-                raise QueueFull
-            self._queue.append(job)
-            depth = len(self._queue)
-            self._cond.notify()
-        self._report_depth(depth)
+        self._enqueue([job], expected=expected)
         try:
             return await asyncio.wait_for(job.future, timeout_s)
         finally:
@@ -170,25 +99,9 @@ class Batcher:
             depth = len(self._queue)
         self._report_depth(depth)
 
-    def _report_depth(self, depth: int) -> None:
-        if self.metrics is not None:
-            self.metrics.set_queue_depth(self.name, depth)
-
     # ------------------------------------------------------------------------ worker side
 
-    def _run(self) -> None:
-        try:
-            self.model.load()
-            self.model.warmup()
-        except BaseException as exc:  # a broken run directory: the server must not serve it
-            with self._cond:
-                self._closing = True
-            if self.on_loaded is not None:
-                self.on_loaded(self, exc)
-            return
-        self.ready = True
-        if self.on_loaded is not None:
-            self.on_loaded(self, None)
+    def serve(self) -> None:
         while (batch := self._next_batch()) is not None:
             try:
                 self._run_batch(batch)
@@ -201,25 +114,21 @@ class Batcher:
         """Wait for a job, then take the queued ones up to the row budget, waiting for announced
         requests until the delay has passed; None: closed."""
         with self._cond:
-            while not self._queue and not self._closing:
-                self._cond.wait()
-            if not self._queue:
+            if not self._wait_for_job():
                 return None  # closing, and every queued job has been run
             batch = [self._queue.popleft()]
             rows = batch[0].rows
-            deadline = time.monotonic() + self.max_delay_s
-            while self.merge and rows < self.max_batch_size:
-                if self._queue:
-                    if rows + self._queue[0].rows > self.max_batch_size:
-                        break  # the next job starts the next batch
+
+            def full() -> bool:  # take what is queued and fits; True: the batch is complete
+                nonlocal rows
+                while self._queue and rows + self._queue[0].rows <= self.max_batch_size:
                     job = self._queue.popleft()
                     batch.append(job)
                     rows += job.rows
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closing or self._expected <= 0:
-                    break  # nothing on its way: run now rather than wait for nobody
-                self._cond.wait(remaining)
+                return rows >= self.max_batch_size or bool(self._queue)  # the next job waits
+
+            if self.merge:
+                self._gather(full)
             depth = len(self._queue)
         self._report_depth(depth)
         return batch

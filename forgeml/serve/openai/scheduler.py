@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from forgeml.serve.batching import QueueFull, ShuttingDown
+from forgeml.generation.sampling import SamplingParams
+from forgeml.serve.worker import QueueFull, ShuttingDown, Worker, WorkerMetrics
 from forgeml.tasks.language_modeling.serving import ServedLM
 
 log = logging.getLogger("forgeml.serve")
@@ -49,7 +49,7 @@ __all__ = [
     "Failed",
     "Job",
     "QueueFull",
-    "Sampling",
+    "SamplingParams",
     "Scheduler",
     "ServedLM",
     "ShuttingDown",
@@ -58,17 +58,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- jobs and events
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """The settings a group shares: jobs batch together only when these are equal."""
-
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    repetition_penalty: float
-    stop: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -112,21 +101,32 @@ class Channel:
 @dataclass(eq=False)
 class Job:
     """One choice of one request: a prompt (token ids, already fitted to the context) to
-    continue by up to `max_tokens` tokens."""
+    continue by up to `params.max_new_tokens` tokens, with its own `params.seed` (or None)."""
 
     prompt: list[int]
-    max_tokens: int
-    sampling: Sampling
-    seed: int | None
+    params: SamplingParams
+    stop: tuple[str, ...]  # text that ends the choice (not included)
     index: int
     channel: Channel
     sent: int = field(default=0)  # worker: characters of text delivered so far
     done: bool = field(default=False)  # worker: finished, failed or abandoned
 
+    @property
+    def max_tokens(self) -> int:
+        return self.params.max_new_tokens
 
-class GenerationMetrics(Protocol):
-    def observe_batch(self, model: str, rows: int, requests: int, seconds: float) -> None: ...
-    def set_queue_depth(self, model: str, depth: int) -> None: ...
+    @property
+    def seed(self) -> int | None:
+        return self.params.seed
+
+    def shares_settings(self, other: Job) -> bool:
+        """Whether the two can generate in one group: the same sampling (apart from how many
+        tokens each wants, and neither seeded) and the same stop strings."""
+        plain = replace(self.params, max_new_tokens=1)
+        return plain == replace(other.params, max_new_tokens=1) and self.stop == other.stop
+
+
+class GenerationMetrics(WorkerMetrics, Protocol):
     def add_generated_tokens(self, model: str, tokens: int) -> None: ...
 
 
@@ -142,68 +142,21 @@ class _Group:
 # ----------------------------------------------------------------------------- scheduler
 
 
-class Scheduler:
+class Scheduler(Worker):
     """The queue and generation thread of one language model. `start()` loads it (on the thread).
 
-    The same outward shape as `Batcher` (name, model, ready, start, close, on_loaded), so the
-    app's lifespan, readiness and metrics treat both alike.
+    `batching=False` (`--no-batching`): one choice at a time (groups of one, one group).
     """
 
-    def __init__(
-        self,
-        model: ServedLM,
-        *,
-        max_batch_size: int,
-        max_delay_s: float,
-        max_queue: int,
-        batching: bool = True,
-        metrics: GenerationMetrics | None = None,
-        on_loaded: Callable[[Scheduler, BaseException | None], None] | None = None,
-    ) -> None:
-        self.model = model
-        self.max_batch_size = max_batch_size if batching else 1
+    thread_prefix = "forgeml-generate"
+
+    def __init__(self, model: ServedLM, *, batching: bool = True, **options: Any) -> None:
+        super().__init__(model, **options)
+        if not batching:
+            self.max_batch_size, self.max_delay_s = 1, 0.0
         self.max_groups = MAX_GROUPS if batching else 1
-        self.max_delay_s = max_delay_s if batching else 0.0
-        self.max_queue = max_queue
-        self.metrics = metrics
-        self.on_loaded = on_loaded
-        self.ready = False
-        self._queue: deque[Job] = deque()
-        self._expected = 0  # requests announced by `expect()` and not yet queued or withdrawn
-        self._cond = threading.Condition()
-        self._closing = False
-        self._thread = threading.Thread(
-            target=self._run, name=f"forgeml-generate-{model.name}", daemon=True
-        )
-
-    @property
-    def name(self) -> str:
-        return self.model.name
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self, timeout_s: float) -> None:
-        """Take no new jobs, finish the queued and running ones, stop (waits up to `timeout_s`)."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
 
     # ------------------------------------------------------------------------ event loop side
-
-    def expect(self) -> None:
-        """A request for this model is on its way (its prompts are being tokenized): an idle
-        scheduler gathering a batch waits for it, up to `max_delay_s`. Pair with
-        `submit(..., expected=True)` or, if the request fails before that, `unexpect()`."""
-        with self._cond:
-            self._expected += 1
-
-    def unexpect(self) -> None:
-        with self._cond:
-            self._expected -= 1
-            self._cond.notify()
 
     def submit(self, jobs: Sequence[Job], *, expected: bool = False) -> None:
         """Queue all of a request's jobs, or none. `expected`: announced with `expect()`.
@@ -212,18 +165,7 @@ class Scheduler:
             QueueFull: they do not fit in `max_queue` (429).
             ShuttingDown: the server is stopping (503).
         """
-        with self._cond:
-            if expected:
-                self._expected -= 1
-                self._cond.notify()
-            if self._closing:
-                raise ShuttingDown
-            if len(self._queue) + len(jobs) > self.max_queue:
-                raise QueueFull
-            self._queue.extend(jobs)
-            depth = len(self._queue)
-            self._cond.notify()
-        self._report_depth(depth)
+        self._enqueue(list(jobs), expected=expected)
 
     def withdraw(self, channel: Channel) -> None:
         """The request behind `channel` gave up: drop its queued jobs, ignore its running ones."""
@@ -235,25 +177,9 @@ class Scheduler:
             depth = len(self._queue)
         self._report_depth(depth)
 
-    def _report_depth(self, depth: int) -> None:
-        if self.metrics is not None:
-            self.metrics.set_queue_depth(self.name, depth)
-
     # ------------------------------------------------------------------------ worker side
 
-    def _run(self) -> None:
-        try:
-            self.model.load()
-            self.model.warmup()
-        except BaseException as exc:  # a broken run directory: the server must not serve it
-            with self._cond:
-                self._closing = True
-            if self.on_loaded is not None:
-                self.on_loaded(self, exc)
-            return
-        self.ready = True
-        if self.on_loaded is not None:
-            self.on_loaded(self, None)
+    def serve(self) -> None:
         groups: list[_Group] = []
         while (jobs := self._take(idle=not groups, room=len(groups) < self.max_groups)) is not None:
             if jobs and (group := self._start_group(jobs)) is not None:
@@ -271,16 +197,9 @@ class Scheduler:
         """
         with self._cond:
             if idle:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue:
+                if not self._wait_for_job():
                     return None  # closing, and every job has been run
-                deadline = time.monotonic() + self.max_delay_s
-                while len(self._queue) < self.max_batch_size and not self._closing:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self._expected <= 0:
-                        break
-                    self._cond.wait(remaining)
+                self._gather(lambda: len(self._queue) >= self.max_batch_size)
             if not room or not self._queue:
                 return []
             jobs = self._select()
@@ -306,7 +225,7 @@ class Scheduler:
             if job.channel.closed:
                 continue
             w, n = max(width, len(job.prompt)), max(new, job.max_tokens)
-            if job.seed is None and job.sampling == head.sampling and w + n <= context:
+            if job.seed is None and job.shares_settings(head) and w + n <= context:
                 jobs.append(job)
                 width, new = w, n
             else:
@@ -316,17 +235,13 @@ class Scheduler:
         return jobs
 
     def _start_group(self, jobs: list[Job]) -> _Group | None:
-        s = jobs[0].sampling
+        head = jobs[0]  # the group shares its settings; only a lone job has a seed
+        longest = max(job.max_tokens for job in jobs)
         try:
             stream = self.model.lm.start(
                 [job.prompt for job in jobs],
-                max_new_tokens=max(job.max_tokens for job in jobs),
-                temperature=s.temperature,
-                top_k=s.top_k,
-                top_p=s.top_p,
-                repetition_penalty=s.repetition_penalty,
-                stop=list(s.stop),
-                seed=jobs[0].seed,
+                replace(head.params, max_new_tokens=longest),
+                stop=list(head.stop),
             )
         except Exception as exc:  # settings openai.py let through: a bug, but not a crash
             log.exception("model %s: could not start generating", self.name)
@@ -389,7 +304,7 @@ class Scheduler:
         """Finish `job` with what the stream still held back of its text (a possible start of
         a stop string, an incomplete character): all of it is final now."""
         text = self.model.decode(tokens)
-        cuts = [text.find(s) for s in job.sampling.stop if s and s in text]
+        cuts = [text.find(s) for s in job.stop if s and s in text]
         if cuts:
             text, reason = text[: min(cuts)], "stop"
         self._send(job, text[job.sent :], events)

@@ -17,15 +17,14 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from forgeml.serve.protocol import InferRequest, PredictRequest, RequestedOutput
-from forgeml.serve.values import (
+from forgeml.serve.errors import RequestError, invalid
+from forgeml.serve.kserve.protocol import InferRequest, PredictRequest, RequestedOutput
+from forgeml.serve.kserve.values import (
     DATATYPES,
     MAX_RANK,
-    RequestError,
     check_element,
     clean_value,
     dense_rows,
-    invalid,
     short_shape,
 )
 from forgeml.tasks.table.serving import InputColumn, ServedModel

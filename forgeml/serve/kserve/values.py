@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from forgeml.errors import ForgeError
+from forgeml.serve.errors import RequestError, invalid
 from forgeml.tasks.table.serving import InputColumn
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -45,27 +46,6 @@ DATATYPES = {
     "image": ("BYTES", "UINT8", *FLOAT_TYPES),
     "sequence": ("BYTES", *NUMBER_TYPES),
 }
-
-
-class RequestError(Exception):
-    """A request the server refuses: HTTP status, one-line message, the field at fault."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        field: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
-        self.headers = headers or {}
-
-
-def invalid(field: str, problem: str) -> RequestError:
-    return RequestError(422, f"{field}: {problem}", field)
 
 
 def check_element(value: Any, datatype: str, field: str) -> None:
