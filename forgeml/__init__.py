@@ -19,6 +19,7 @@ _EXPORTS = {
     "Run": "forgeml.api",
     "evaluate": "forgeml.api",
     "predict": "forgeml.api",
+    "validate": "forgeml.api",
     "load": "forgeml.api",
     "Config": "forgeml.config",
     "load_config": "forgeml.config",

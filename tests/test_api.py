@@ -283,3 +283,15 @@ def test_train_with_a_user_module_and_callbacks(tmp_path: Path) -> None:
     predicted = [r["prediction"] for r in predictor.predict(records)]
     truth = split_table(run, "test").columns["label"].astype(int)
     assert accuracy_score(truth, predicted) == pytest.approx(run.metrics["test"]["accuracy"])
+
+
+def test_validate_reads_and_encodes_without_writing(tmp_path: Path) -> None:
+    """`forgeml.validate`: the checks `forgeml validate` runs, from Python; nothing is written."""
+    out = tmp_path / "runs"
+    summary = forgeml.validate(blobs_config(out))
+    assert summary.startswith("task multiclass; rows train 180, val 60, test 60; model mlp with")
+    parameters = int(summary.rsplit(" with ", 1)[1].split()[0].replace(",", ""))
+    assert parameters == 4 * 16 + 16 + 16 * 3 + 3  # Linear(4, 16) + Linear(16, 3)
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="train.max_epoch'; did you mean 'train.max_epochs'"):
+        forgeml.validate(blobs_config(out), ["train.max_epoch=3"])

@@ -65,6 +65,7 @@ class Trainer:
     ) -> None:
         self.model, self.cfg, self.steps = model, cfg, steps
         self.callbacks, self.checkpointer = list(callbacks), checkpointer
+        self._handlers: dict[str, list[Any]] = {}  # event -> the callbacks' bound methods
         self.device = next(model.parameters()).device
         num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.precision = resolve_precision(
@@ -276,12 +277,12 @@ class Trainer:
 
     def emit(self, event: str, *args: Any) -> list[Any]:
         """Call `event` on every callback that has it, in order; their return values."""
-        answers = []
-        for callback in self.callbacks:
-            handler = getattr(callback, event, None)
-            if handler is not None:
-                answers.append(handler(*args))
-        return answers
+        handlers = self._handlers.get(event)
+        if handlers is None:  # looked up once per event: the per-batch events stay cheap
+            handlers = self._handlers[event] = [
+                h for c in self.callbacks if (h := getattr(c, event, None)) is not None
+            ]
+        return [handler(*args) for handler in handlers]
 
 
 def history_row(
